@@ -1,1 +1,51 @@
-"""Placeholder until the redis fixtures land."""
+"""Real Redis for the tests: one redis-server per test session, a clean database per test.
+
+Fixtures:
+* ``redis_server``  (session)  - a started `uic.embedded_redis.EmbeddedRedis`
+* ``redis_url``     (function) - its URL (``redis://127.0.0.1:<port>/0``); FLUSHALL before each test
+* ``redis_client``  (function) - a ``redis.Redis`` on that URL (binary replies)
+* ``redis_cluster`` (session)  - a 3-node local Redis Cluster (`EmbeddedRedisCluster`), started
+  on first use; tests that use it clean the keys they write.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from uic.embedded_redis import EmbeddedRedis, EmbeddedRedisCluster
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = EmbeddedRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    with redis_server.client() as client:
+        client.flushall()
+        client.script_flush()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    cluster = EmbeddedRedisCluster(nodes=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,18 @@
+"""Apache Beam jobs that keep the per-user interest states in Redis (DESIGN.md §2).
+
+* `beam_jobs.backfill` - batch: warm up / rebuild every user's state from behaviour logs
+  with the exported `tower` (RunInference), point-in-time rebuilds with `--cutoff_ts`.
+* `beam_jobs.stream`   - streaming: read behaviour events from a Redis Stream (or Pub/Sub,
+  Kafka), fold the new events into the stored states with the exported `step`, ack after
+  the write.
+* `beam_jobs.produce`  - push events into the Redis Stream at a chosen rate.
+* `beam_jobs.rollout`  - backfill version v+1 while v serves, then flip the active pointer.
+
+docs/beam.md explains the idempotency design and how to run on Flink, Spark or Dataflow.
+"""
+
+DEFAULT_STREAM = "uic:events"
+"""Redis Stream the producer writes and the stream job reads when --stream is not given."""
+
+EVENT_FIELD = "event"
+"""Stream entry field that holds the Event JSON (`uic.events.Event.to_json`)."""

@@ -1,0 +1,5 @@
+"""`python -m model_server`: the embedded TF Serving-compatible server."""
+
+from model_server.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""`make deploy`: the command and container specs that run the real TF Serving.
+
+Writes a container-ready copy of serving_configs/ (base paths rewritten to the mount
+path of saved_models/ inside the container), a `docker run` script and a Kubernetes
+Deployment + Service + ConfigMap for the `tensorflow/serving` image, using the same flags
+`make serve` uses, and prints the docker command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from model_server.config import ConfigError, read_models_config, resolve_base_paths
+
+CONFIG_MOUNT = "/config"
+
+
+def container_config(config_file: Path, saved_models: Path, models_mount: str,
+                     prefix: str | None = None):
+    """models.config with base paths under `saved_models` mapped to `models_mount`."""
+    config = resolve_base_paths(read_models_config(config_file), config_file.resolve().parent,
+                                prefix)
+    root = saved_models.resolve()
+    for entry in config.model_config_list.config:
+        if "://" in entry.base_path:
+            continue  # gs://, s3://: TF Serving reads them directly
+        path = Path(entry.base_path)
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            raise ConfigError(f"model {entry.name}: base_path {path} is not under {root}; "
+                              f"mount it into the container yourself or pass --saved_models"
+                              ) from None
+        entry.base_path = f"{models_mount.rstrip('/')}/{rel.as_posix()}"
+    return config
+
+
+def server_args(batching: bool, monitoring: bool, poll_seconds: int) -> list[str]:
+    args = ["--port=8500", "--rest_api_port=8501",
+            f"--model_config_file={CONFIG_MOUNT}/models.config",
+            f"--model_config_file_poll_wait_seconds={poll_seconds}"]
+    if monitoring:
+        args.append(f"--monitoring_config_file={CONFIG_MOUNT}/monitoring.config")
+    if batching:
+        args += ["--enable_batching", f"--batching_parameters_file={CONFIG_MOUNT}/batching.config"]
+    return args
+
+
+def docker_command(image: str, saved_models: Path, out: Path, models_mount: str,
+                   args: list[str], name: str) -> list[str]:
+    return ["docker", "run", "--rm", "--name", name, "-p", "8500:8500", "-p", "8501:8501",
+            "-v", f"{saved_models.resolve()}:{models_mount}:ro",
+            "-v", f"{out.resolve()}:{CONFIG_MOUNT}:ro", image, *args]
+
+
+def kubernetes_yaml(image: str, args: list[str], files: dict[str, str], name: str,
+                    models_mount: str, models_claim: str, replicas: int,
+                    probe_model: str) -> str:
+    def block(text: str, indent: int) -> str:
+        pad = " " * indent
+        return "\n".join(pad + line if line else line for line in text.splitlines())
+
+    config_map = "\n".join(f"  {key}: |\n{block(value, 4)}" for key, value in files.items())
+    arg_lines = "\n".join(f"            - {shlex.quote(a)}" for a in args)
+    return f"""\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {name}-config
+data:
+{config_map}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  labels: {{app: {name}}}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+      annotations:
+        prometheus.io/scrape: "true"
+        prometheus.io/port: "8501"
+        prometheus.io/path: /monitoring/prometheus/metrics
+    spec:
+      containers:
+        - name: tensorflow-serving
+          image: {image}
+          args:
+{arg_lines}
+          ports:
+            - {{name: grpc, containerPort: 8500}}
+            - {{name: http, containerPort: 8501}}
+          readinessProbe:
+            httpGet: {{path: /v1/models/{probe_model}, port: 8501}}
+            periodSeconds: 5
+          livenessProbe:
+            tcpSocket: {{port: 8500}}
+            initialDelaySeconds: 30
+          resources:
+            requests: {{cpu: "2", memory: 2Gi}}
+          volumeMounts:
+            - {{name: models, mountPath: {models_mount}, readOnly: true}}
+            - {{name: config, mountPath: {CONFIG_MOUNT}, readOnly: true}}
+      volumes:
+        - name: models
+          persistentVolumeClaim: {{claimName: {models_claim}}}
+        - name: config
+          configMap: {{name: {name}-config}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  selector: {{app: {name}}}
+  ports:
+    - {{name: grpc, port: 8500, targetPort: 8500}}
+    - {{name: http, port: 8501, targetPort: 8501}}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_server.deploy",
+        description="Write the docker run command and Kubernetes spec for the real TF Serving "
+                    "with serving_configs/ (base paths rewritten to the container mount).")
+    parser.add_argument("--model_config_file", default="serving_configs/models.config")
+    parser.add_argument("--batching_parameters_file", default="serving_configs/batching.config")
+    parser.add_argument("--monitoring_config_file", default="serving_configs/monitoring.config")
+    parser.add_argument("--saved_models", default="saved_models",
+                        help="host folder holding <model>_<part>/<version>/ (default %(default)s)")
+    parser.add_argument("--models_mount", default="/models",
+                        help="where saved_models is mounted in the container (default %(default)s)")
+    parser.add_argument("--model_base_path_prefix", default=None,
+                        help="resolve relative base paths against this instead of the config "
+                             "file's directory")
+    parser.add_argument("--image", default="tensorflow/serving:latest",
+                        help="serving image; pin a release tag in production (default %(default)s)")
+    parser.add_argument("--enable_batching", action="store_true",
+                        help="pass --enable_batching and the batching file (row-aligned "
+                             "signatures only)")
+    parser.add_argument("--config_poll_seconds", type=int, default=60,
+                        help="--model_config_file_poll_wait_seconds in the container")
+    parser.add_argument("--name", default="uic-serving", help="container / Deployment name")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--models_claim", default="uic-saved-models",
+                        help="PersistentVolumeClaim holding saved_models for Kubernetes")
+    parser.add_argument("--out", default="build/deploy", help="output folder (default %(default)s)")
+    opts = parser.parse_args(argv)
+
+    out = Path(opts.out)
+    saved_models = Path(opts.saved_models)
+    try:
+        config = container_config(Path(opts.model_config_file), saved_models, opts.models_mount,
+                                  opts.model_base_path_prefix)
+    except (ConfigError, OSError) as exc:
+        print(f"deploy: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"models.config": text_format.MessageToString(config)}
+    monitoring = bool(opts.monitoring_config_file) and Path(opts.monitoring_config_file).is_file()
+    if monitoring:
+        files["monitoring.config"] = Path(opts.monitoring_config_file).read_text()
+    if opts.enable_batching:
+        if not Path(opts.batching_parameters_file).is_file():
+            print(f"deploy: batching file {opts.batching_parameters_file} not found",
+                  file=sys.stderr)
+            return 2
+        files["batching.config"] = Path(opts.batching_parameters_file).read_text()
+    for key, text in files.items():
+        (out / key).write_text(text)
+    args = server_args(opts.enable_batching, monitoring, opts.config_poll_seconds)
+    command = docker_command(opts.image, saved_models, out, opts.models_mount, args, opts.name)
+    script = out / "docker-run.sh"
+    script.write_text("#!/bin/sh\n# Real TF Serving with the project's configs.\nexec "
+                      + shlex.join(command) + "\n")
+    script.chmod(0o755)
+    first = config.model_config_list.config[0].name if config.model_config_list.config else "x"
+    (out / "k8s.yaml").write_text(kubernetes_yaml(opts.image, args, files, opts.name,
+                                                  opts.models_mount, opts.models_claim,
+                                                  opts.replicas, first))
+    print(f"# wrote {', '.join(sorted(files))}, docker-run.sh and k8s.yaml to {out}/")
+    print(f"# docker (models from {saved_models.resolve()} mounted at {opts.models_mount}):")
+    print(shlex.join(command))
+    print(f"# kubernetes: kubectl apply -f {out / 'k8s.yaml'}  (copy saved_models into the "
+          f"PVC {opts.models_claim} first)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""`tensorflow_model_server`'s command line, parsed the way TF's Flags parser does.
+
+Same names and defaults (reference §0): non-bool flags take `--name=value` (or
+`--name value`), bool flags take `--name`, `--name=true|false`. An argument that matches no
+flag is reported (`unknown argument: ...`) and ignored, and the server still starts; a value
+that does not parse exits with an error. A few flags are this server's own additions and say
+so in their help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+_CPUS = os.cpu_count() or 1
+
+# (name, type, default, help)
+FLAGS = (
+    ("port", int, 8500, "gRPC TCP port; 0 disables TCP (then --grpc_socket_path is required)"),
+    ("grpc_socket_path", str, "", "also serve gRPC on this UNIX socket"),
+    ("rest_api_port", int, 0, "HTTP/REST port; 0 disables REST; must differ from --port"),
+    ("rest_api_num_threads", int, 4 * _CPUS, "accepted; REST uses one thread per connection"),
+    ("rest_api_timeout_in_ms", int, 30000, "timeout of every REST inference (504 after it); "
+     "<=0 means none"),
+    ("rest_api_enable_cors_support", bool, False, "add CORS headers to /v1 responses"),
+    ("model_name", str, "default", "single-model mode: served name (ignored with a config file)"),
+    ("model_base_path", str, "", "single-model mode: base path holding numeric version dirs"),
+    ("model_config_file", str, "", "text-format ModelServerConfig (models.config)"),
+    ("model_config_file_poll_wait_seconds", float, 0, ">0: re-read the config file every N s"),
+    ("file_system_poll_wait_seconds", float, 1, "poll base paths for versions every N s; 0 "
+     "polls once at startup"),
+    ("allow_version_labels_for_unavailable_models", bool, False,
+     "let new labels point at versions that are not loaded yet"),
+    ("enable_batching", bool, False, "batch requests server-side (BatchingSession)"),
+    ("batching_parameters_file", str, "", "text-format BatchingParameters; requires "
+     "--enable_batching"),
+    ("enable_per_model_batching_parameters", bool, False,
+     "read <version_dir>/batching_params.pbtxt instead of --batching_parameters_file"),
+    ("monitoring_config_file", str, "", "text-format MonitoringConfig (Prometheus endpoint)"),
+    ("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests on load"),
+    ("num_request_iterations_for_warmup", int, 0, "times each warm-up record runs (0 means 1)"),
+    ("max_num_load_retries", int, 5, "retries after a failed load"),
+    ("load_retry_interval_micros", int, 60_000_000, "wait between load retries"),
+    ("num_load_threads", int, 0, "accepted; versions load one at a time"),
+    ("num_unload_threads", int, 0, "accepted; unloads are immediate"),
+    ("saved_model_tags", str, "serve", "comma-separated MetaGraph tags to load"),
+    ("tensorflow_session_parallelism", int, 0, "sets TF inter/intra-op threads if >0"),
+    ("tensorflow_intra_op_parallelism", int, 0, "TF intra-op threads (0: TF default)"),
+    ("tensorflow_inter_op_parallelism", int, 0, "TF inter-op threads (0: TF default)"),
+    ("tensorflow_session_config_file", str, "", "accepted and ignored"),
+    ("platform_config_file", str, "", "accepted and ignored (only the tensorflow platform)"),
+    ("ssl_config_file", str, "", "not supported: the server refuses to start with it"),
+    ("use_alts_credentials", bool, False, "not supported"),
+    ("per_process_gpu_memory_fraction", float, 0, "accepted and ignored (CPU only)"),
+    ("grpc_channel_arguments", str, "", "comma-separated k=v gRPC server arguments"),
+    ("grpc_max_threads", int, 4 * _CPUS, "gRPC worker threads"),
+    ("enable_signature_method_name_check", bool, False,
+     "require classify/regress method names on classify/regress signatures"),
+    ("enable_grpc_healthcheck_service", bool, False,
+     "serve grpc.health.v1 (needs grpcio-health-checking; warned about otherwise)"),
+    ("enable_profiler", bool, True, "accepted; no profiler service"),
+    ("flush_filesystem_caches", bool, True, "accepted and ignored"),
+    ("remove_unused_fields_from_bundle_metagraph", bool, True, "accepted and ignored"),
+    ("prefer_tflite_model", bool, False, "accepted; TFLite is not supported"),
+    ("enable_serialization_as_tensor_content", bool, False,
+     "answer gRPC with tensor_content instead of typed value fields"),
+    ("xla_cpu_compilation_enabled", bool, False, "accepted and ignored"),
+    # --- this server's own flags ----------------------------------------------------
+    ("bind_address", str, "127.0.0.1", "[embedded server only] address to listen on "
+     "(TF Serving listens on all interfaces; use 0.0.0.0 for that)"),
+    ("model_base_path_prefix", str, "", "[embedded server only] directory (or URI) that "
+     "relative base_path entries are resolved against; default: the config file's directory"),
+    ("rest_api_max_body_bytes", int, 256 * 1024 * 1024,
+     "[embedded server only] larger REST bodies get 413"),
+    ("log_level", str, "INFO", "[embedded server only] Python logging level"),
+)
+
+
+@dataclasses.dataclass
+class ParsedFlags:
+    values: argparse.Namespace
+    unknown: list[str]
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "t", "yes"):
+        return True
+    if lowered in ("false", "0", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser(prog: str = "python -m model_server") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False,
+        description="Embedded TensorFlow Serving-compatible model server (gRPC "
+                    "PredictionService/ModelService and the /v1 REST API). Flags are "
+                    "tensorflow_model_server's.")
+    parser.add_argument("--version", action="store_true",
+                        help="print the server and TensorFlow versions and exit")
+    for name, kind, default, help_text in FLAGS:
+        if kind is bool:
+            parser.add_argument(f"--{name}", type=_bool, nargs="?", const=True, default=default,
+                                metavar="true|false", help=f"{help_text} (default {default})")
+        else:
+            parser.add_argument(f"--{name}", type=kind, default=default,
+                                help=f"{help_text} (default {default!r})")
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    for arg in unknown:
+        print(f"unknown argument: {arg}", file=sys.stderr)
+    if unknown:
+        parser.print_usage(sys.stderr)
+    return args

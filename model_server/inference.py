@@ -1,0 +1,233 @@
+"""Predict, Classify, Regress and MultiInference on a loaded servable.
+
+Shared by the gRPC service and by warm-up replay (which runs the same requests against a
+version that is still loading). Checks follow TF Serving's order and wording (reference §2.2,
+§1.6): signature, input set, dtypes, then the run; nothing is coerced.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+
+from model_server.errors import ServingError, invalid
+from model_server.servable import DEFAULT_SIGNATURE, LoadedModel, Signature
+from model_server.tensors import dtype_name, fill_proto, to_numpy
+
+
+def _set_names(names) -> str:
+    return ",".join(sorted(names))
+
+
+def check_input_names(sig: Signature, sent) -> None:
+    sent = set(sent)
+    expected = set(sig.inputs)
+    if sent == expected:
+        return
+    if len(sent) != len(expected):
+        raise invalid(
+            f"input size does not match signature: {len(sent)}!={len(expected)} "
+            f"len({{{_set_names(sent)}}}) != len({{{_set_names(expected)}}}). "
+            f"Sent extra: {{{_set_names(sent - expected)}}}. "
+            f"Missing but required: {{{_set_names(expected - sent)}}}."
+        )
+    missing = sorted(expected - sent)[0]
+    raise invalid(
+        f"Signature input alias: {missing}(feed name: {sig.sig_def.inputs[missing].name}) "
+        f"not found in request and no default value provided. Sent: {{{_set_names(sent)}}}"
+    )
+
+
+def check_output_filter(sig: Signature, output_filter) -> tuple[str, ...] | None:
+    if not output_filter:
+        return None
+    seen = set()
+    for alias in output_filter:
+        if alias not in sig.outputs:
+            raise invalid(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {{{_set_names(sig.outputs)}}}."
+            )
+        if alias in seen:
+            raise invalid(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+    return tuple(output_filter)
+
+
+def decode_inputs(sig: Signature, tensors) -> dict[str, np.ndarray]:
+    """TensorProtos -> numpy, with TF Serving's dtype rule (no casts) and a shape check."""
+    check_input_names(sig, tensors.keys())
+    inputs = {}
+    for alias in sig.input_names:
+        proto = tensors[alias]
+        expected = sig.inputs[alias]
+        if proto.dtype != expected:
+            raise invalid(
+                f"Expects arg[{sig.input_index[alias]}] to be {dtype_name(expected)} but "
+                f"{dtype_name(proto.dtype)} is provided"
+            )
+        array = to_numpy(proto)
+        sig.check_shape(alias, array.shape)
+        inputs[alias] = array
+    return inputs
+
+
+def echo_spec(spec, request_spec, version: int, signature_name: str | None) -> None:
+    """Fill a response ModelSpec: request name, served version, resolved signature."""
+    spec.name = request_spec.name
+    spec.version.value = version
+    if signature_name is not None:
+        spec.signature_name = signature_name
+
+
+def predict(loaded: LoadedModel, request: predict_pb2.PredictRequest,
+            as_content: bool = False, timeout: float | None = None) -> predict_pb2.PredictResponse:
+    sig = loaded.signature(request.model_spec.signature_name, grpc=True)
+    output_filter = check_output_filter(sig, request.output_filter)
+    inputs = decode_inputs(sig, request.inputs)
+    outputs = sig.run(inputs, output_filter, timeout)
+    response = predict_pb2.PredictResponse()
+    echo_spec(response.model_spec, request.model_spec, loaded.version, sig.name)
+    for alias, array in outputs.items():
+        fill_proto(response.outputs[alias], array, as_content)
+    return response
+
+
+# ---------------------------------------------------------------- classify / regress
+
+def serialized_examples(input_proto) -> np.ndarray:
+    """tensorflow.serving.Input -> 1-D object array of serialized tf.Examples."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        examples = input_proto.example_list.examples
+        data = [ex.SerializeToString() for ex in examples]
+    elif kind == "example_list_with_context":
+        ctx = input_proto.example_list_with_context.context.SerializeToString()
+        data = [ctx + ex.SerializeToString()
+                for ex in input_proto.example_list_with_context.examples]
+    else:
+        raise invalid("Input is empty.")
+    if not data:
+        raise invalid("Input is empty.")
+    out = np.empty(len(data), dtype=object)
+    out[:] = data
+    return out
+
+
+def _example_signature(loaded: LoadedModel, name: str, method: str) -> Signature:
+    sig = loaded.signatures.get(name or DEFAULT_SIGNATURE)
+    if sig is None:
+        raise invalid(f"No signature was found with the name: {name or DEFAULT_SIGNATURE}")
+    if len(sig.inputs) != 1:
+        raise invalid("Expected one input Tensor.")
+    if sig.method_name not in ("tensorflow/serving/predict", f"tensorflow/serving/{method}"):
+        raise invalid(
+            f"Expected {method} signature method_name to be tensorflow/serving/{method}. "
+            f"Was: {sig.method_name}")
+    if sig.inputs[sig.input_names[0]] != types_pb2.DT_STRING:
+        raise invalid(f"{method.capitalize()} input must be a string tensor of serialized "
+                      f"tf.Examples; signature {sig.name} takes "
+                      f"{dtype_name(sig.inputs[sig.input_names[0]])}")
+    return sig
+
+
+def _run_examples(sig: Signature, examples: np.ndarray, timeout) -> dict:
+    return sig.run({sig.input_names[0]: examples}, None, timeout)
+
+
+def regress_result(sig: Signature, examples: np.ndarray, result, timeout=None) -> None:
+    if "outputs" not in sig.outputs or len(sig.outputs) != 1:
+        raise invalid(f"No regression outputs found in SignatureDef: expected exactly one "
+                      f"output with alias 'outputs', got {list(sig.output_names)}")
+    values = _run_examples(sig, examples, timeout)["outputs"]
+    n = len(examples)
+    if values.dtype != np.float32:
+        raise invalid(f"Expected output Tensor of DT_FLOAT. Got: {values.dtype}")
+    if not (values.shape == (n,) or values.shape == (n, 1)):
+        raise invalid(f"Expected output Tensor shape to be either [batch_size] or "
+                      f"[batch_size, 1] but got {list(values.shape)}")
+    for v in values.reshape(n).tolist():
+        result.regressions.add().value = v
+
+
+def classify_result(sig: Signature, examples: np.ndarray, result, timeout=None) -> None:
+    if "classes" not in sig.outputs and "scores" not in sig.outputs:
+        raise invalid(f"Expected classification signature outputs to contain at least one of "
+                      f"'classes' or 'scores', got {list(sig.output_names)}")
+    outputs = _run_examples(sig, examples, timeout)
+    n = len(examples)
+    classes = outputs.get("classes")
+    scores = outputs.get("scores")
+    for name, arr in (("classes", classes), ("scores", scores)):
+        if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
+            raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got "
+                          f"{list(arr.shape)} for output '{name}'")
+    k = (classes if classes is not None else scores).shape[1]
+    for i in range(n):
+        row = result.classifications.add()
+        for j in range(k):
+            cls = row.classes.add()
+            if classes is not None:
+                label = classes[i, j]
+                cls.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            if scores is not None:
+                cls.score = float(scores[i, j])
+
+
+def regress(loaded, request: regression_pb2.RegressionRequest, timeout=None):
+    sig = _example_signature(loaded, request.model_spec.signature_name, "regress")
+    examples = serialized_examples(request.input)
+    response = regression_pb2.RegressionResponse()
+    echo_spec(response.model_spec, request.model_spec, loaded.version, sig.name)
+    regress_result(sig, examples, response.result, timeout)
+    return response
+
+
+def classify(loaded, request: classification_pb2.ClassificationRequest, timeout=None):
+    sig = _example_signature(loaded, request.model_spec.signature_name, "classify")
+    examples = serialized_examples(request.input)
+    response = classification_pb2.ClassificationResponse()
+    echo_spec(response.model_spec, request.model_spec, loaded.version, sig.name)
+    classify_result(sig, examples, response.result, timeout)
+    return response
+
+
+def multi_inference(resolve, request: inference_pb2.MultiInferenceRequest, timeout=None):
+    """All tasks must name the same model; each runs classify or regress on the input."""
+    if not request.tasks:
+        raise invalid("MultiInferenceRequest must contain at least one task")
+    first = request.tasks[0].model_spec
+    seen_signatures = set()
+    for task in request.tasks:
+        if task.model_spec.name != first.name:
+            raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model "
+                          "name.")
+        sig_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+        if sig_name in seen_signatures:
+            raise invalid(f"Duplicate evaluation of signature: {sig_name}")
+        seen_signatures.add(sig_name)
+        if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
+            raise invalid(f"Unsupported signature method_name: {task.method_name}")
+    loaded = resolve(first)
+    examples = serialized_examples(request.input)
+    response = inference_pb2.MultiInferenceResponse()
+    for task in request.tasks:
+        method = task.method_name.rsplit("/", 1)[1]
+        sig = _example_signature(loaded, task.model_spec.signature_name, method)
+        result = response.results.add()
+        echo_spec(result.model_spec, task.model_spec, loaded.version, sig.name)
+        if method == "classify":
+            classify_result(sig, examples, result.classification_result, timeout)
+        else:
+            regress_result(sig, examples, result.regression_result, timeout)
+    return response
+
+
+__all__ = ["ServingError", "predict", "classify", "regress", "multi_inference", "decode_inputs",
+           "check_input_names", "check_output_filter", "serialized_examples", "echo_spec"]

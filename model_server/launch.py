@@ -1,0 +1,111 @@
+"""`make serve`: run the real `tensorflow_model_server` when it is on PATH, else this server.
+
+Both get the same flags and the same serving_configs/. For the real binary, relative
+base paths in models.config are rewritten to absolute ones in a temporary copy (TF Serving
+rejects relative paths). Defaults match the tensorflow/serving Docker image (gRPC 8500,
+REST 8501). A batching file without --enable_batching is dropped with a note, because TF
+Serving refuses to start with that combination and batching is off by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+BINARY = "tensorflow_model_server"
+
+
+def _value(args: list[str], name: str) -> str | None:
+    for arg in args:
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _drop(args: list[str], name: str) -> list[str]:
+    return [a for a in args if not (a == f"--{name}" or a.startswith(f"--{name}="))]
+
+
+def _enabled(args: list[str], name: str) -> bool:
+    for arg in args:
+        if arg == f"--{name}":
+            return True
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1].lower() in ("true", "1", "t", "yes")
+    return False
+
+
+def absolute_config(config_file: str, prefix: str | None = None) -> Path:
+    """A temporary copy of models.config with every base_path absolute."""
+    from google.protobuf import text_format
+
+    from model_server.config import read_models_config, resolve_base_paths
+
+    config = resolve_base_paths(read_models_config(config_file),
+                                Path(config_file).resolve().parent, prefix)
+    handle, path = tempfile.mkstemp(prefix="models_abs_", suffix=".config")
+    with os.fdopen(handle, "w") as out:
+        out.write(text_format.MessageToString(config))
+    return Path(path)
+
+
+def _warn_missing_versions(config_file: str, prefix: str | None) -> None:
+    from model_server.config import list_versions, read_models_config, resolve_base_paths
+
+    try:
+        config = resolve_base_paths(read_models_config(config_file),
+                                    Path(config_file).resolve().parent, prefix)
+    except Exception as exc:  # noqa: BLE001 - the server reports it properly
+        print(f"launch: {exc}", file=sys.stderr)
+        return
+    for entry in config.model_config_list.config:
+        if not list_versions(entry.base_path):
+            print(f"launch: no numeric version directory under {entry.base_path} for model "
+                  f"{entry.name}; the server waits for one (run `make export` first)",
+                  file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_server.launch",
+        description="Run tensorflow_model_server if installed, else the embedded server, with "
+                    "the given TF Serving flags (all flags are passed through).")
+    parser.add_argument("--embedded", action="store_true",
+                        help="use the embedded server even if the real binary is on PATH")
+    ours, args = parser.parse_known_args(argv)
+    args = list(args)
+    if _value(args, "port") is None:
+        args.append("--port=8500")
+    if _value(args, "rest_api_port") is None:
+        args.append("--rest_api_port=8501")
+    if _value(args, "batching_parameters_file") and not _enabled(args, "enable_batching"):
+        print("launch: batching is off (TF Serving's default); ignoring "
+              "--batching_parameters_file. Add --enable_batching to use it (only row-aligned "
+              "signatures can be batched; see docs/server.md).", file=sys.stderr)
+        args = _drop(args, "batching_parameters_file")
+    config_file = _value(args, "model_config_file")
+    prefix = _value(args, "model_base_path_prefix")
+    if config_file:
+        _warn_missing_versions(config_file, prefix)
+    binary = shutil.which(BINARY)
+    if binary and not ours.embedded:
+        args = _drop(args, "model_base_path_prefix")
+        args = _drop(args, "bind_address")
+        if config_file:
+            args = _drop(args, "model_config_file")
+            args.append(f"--model_config_file={absolute_config(config_file, prefix)}")
+        print(f"launch: exec {binary} {' '.join(args)}", file=sys.stderr)
+        os.execv(binary, [binary, *args])
+    print(f"launch: {BINARY} not found on PATH; starting the embedded server "
+          f"(python -m model_server {' '.join(args)})", file=sys.stderr)
+    from model_server.main import main as embedded_main
+
+    return embedded_main(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,362 @@
+"""Which model versions are loaded, and how requests find them (reference §3).
+
+The manager owns every servable's lifecycle: it polls each base path, applies the version
+policy, loads and warms up new versions, then publishes them and unloads what is no longer
+aspired, always loading the new version before unloading the old one (TF Serving's
+availability-preserving policy). Requests never take its lock: they read an immutable
+per-model snapshot that is swapped in one assignment, and a request that already holds a
+version keeps it alive until it finishes, so a swap never fails a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from pathlib import Path
+
+from model_server import config as cfg
+from model_server.errors import ServingError, invalid
+from model_server.servable import LoadedModel, load_model
+from model_server.warmup import run_warmup
+
+log = logging.getLogger("model_server")
+
+# ServableState names as in apis/get_model_status.proto
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+
+
+@dataclasses.dataclass
+class ManagerOptions:
+    file_system_poll_wait_seconds: float = 1
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+    saved_model_tags: tuple[str, ...] = ("serve",)
+    allow_version_labels_for_unavailable_models: bool = False
+
+
+@dataclasses.dataclass
+class VersionStatus:
+    version: int
+    path: Path
+    state: str = START
+    error_code: str = "OK"
+    error_message: str = ""
+    loaded: LoadedModel | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """What requests see for one model: loaded versions, the newest, labels."""
+
+    versions: dict
+    latest: LoadedModel | None
+    labels: dict
+
+
+class ModelState:
+    def __init__(self, entry):
+        self.entry = entry
+        self.versions: dict[int, VersionStatus] = {}
+        self.failed_paths: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+class ModelManager:
+    def __init__(self, options: ManagerOptions, metrics=None, batching=None):
+        self.options = options
+        self.metrics = metrics
+        self.batching = batching
+        self.serving: dict[str, Serving] = {}      # read by requests without a lock
+        self.states: dict[str, ModelState] = {}    # every model ever configured (for status)
+        self.configured: list[str] = []
+        self.config = cfg.ModelServerConfig()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ request path
+    def resolve(self, name: str, version: int | None = None, label: str | None = None
+                ) -> LoadedModel:
+        if not name:
+            raise invalid("ModelSpec has no name specified.")
+        serving = self.serving.get(name)
+        if label:
+            if serving is None or label not in serving.labels:
+                raise invalid(f"Unrecognized servable version label: {label}")
+            version = serving.labels[label]
+        if version is not None:
+            loaded = serving.versions.get(version) if serving is not None else None
+            if loaded is None:
+                raise ServingError("NOT_FOUND",
+                                   f"Servable not found for request: Specific({name}, {version})")
+            return loaded
+        if serving is None or serving.latest is None:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
+        return serving.latest
+
+    def resolve_spec(self, spec) -> LoadedModel:
+        """Resolve a tensorflow.serving.ModelSpec (version, version_label or latest)."""
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            return self.resolve(spec.name, version=spec.version.value)
+        if choice == "version_label":
+            return self.resolve(spec.name, label=spec.version_label)
+        return self.resolve(spec.name)
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """Every version ever seen, highest first (or the one asked for)."""
+        state = self.states.get(name)
+        if state is None or not state.versions:
+            raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+        if version is not None:
+            found = state.versions.get(version)
+            if found is None:
+                raise ServingError("NOT_FOUND", f"Could not find version {version} of model "
+                                   f"{name}")
+            return [found]
+        return [state.versions[v] for v in sorted(state.versions, reverse=True)]
+
+    # ------------------------------------------------------------------ configuration
+    def apply_config(self, config, *, initial: bool = False, wait_timeout: float | None = None
+                     ) -> None:
+        """Replace the model list (TF Serving's ReloadConfig); blocks until new models serve."""
+        cfg.validate_config(config)
+        if config.WhichOneof("config") is None:
+            return
+        with self._lock:
+            entries = {e.name: e for e in config.model_config_list.config}
+            for name, entry in entries.items():
+                old = self.states.get(name)
+                if old is not None and name in self.configured and \
+                        cfg.model_platform(old.entry) != cfg.model_platform(entry):
+                    raise invalid(f"Illegal to change a model's platform. For model {name} "
+                                  f"platform was {cfg.model_platform(old.entry)} and new "
+                                  f"platform requested is {cfg.model_platform(entry)}")
+            if not initial:
+                self._check_labels(entries)
+            self.config = cfg.ModelServerConfig()
+            self.config.CopyFrom(config)
+            new_models = [n for n in entries if n not in self.configured]
+            for name in self.configured:
+                if name not in entries:
+                    self._retire(name)
+            for name, entry in entries.items():
+                state = self.states.get(name)
+                if state is None or name not in self.configured:
+                    state = ModelState(entry)
+                    if name in self.states:  # re-added: keep the history for status
+                        state.versions = self.states[name].versions
+                    self.states[name] = state
+                else:
+                    if entry.base_path != state.entry.base_path:
+                        state.failed_paths.clear()
+                    state.entry = entry
+            self.configured = list(entries)
+            for name in self.configured:
+                self._reconcile(self.states[name])
+                self._publish(self.states[name], labels_checked=not initial)
+        self._wait_available(new_models, wait_timeout)
+        if initial:
+            with self._lock:
+                self._check_labels(entries, initial=True)
+                for name in self.configured:
+                    self._publish(self.states[name])
+
+    def _check_labels(self, entries, initial: bool = False) -> None:
+        for name, entry in entries.items():
+            serving = self.serving.get(name)
+            old_labels = serving.labels if serving is not None else {}
+            available = serving.versions if serving is not None else {}
+            for label, version in entry.version_labels.items():
+                if version in available:
+                    continue
+                is_new = label not in old_labels or old_labels[label] == version
+                if (self.options.allow_version_labels_for_unavailable_models and is_new
+                        and not initial):
+                    continue
+                if self.options.allow_version_labels_for_unavailable_models and initial:
+                    continue
+                raise ServingError(
+                    "FAILED_PRECONDITION",
+                    f"Request to assign label to version {version} of model {name}, which is "
+                    f"not currently available for inference")
+
+    def _wait_available(self, names, timeout) -> None:
+        """Wait until each model has an AVAILABLE version or its newest load failed for good."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        warned = set()
+        while True:
+            pending, failed = [], {}
+            for name in names:
+                state = self.states.get(name)
+                if state is None or name not in self.configured:
+                    continue
+                if any(v.state == AVAILABLE for v in state.versions.values()):
+                    continue
+                aspired = self._aspired(state)
+                errors = [v for v in state.versions.values() if v.state == END and
+                          v.error_code != "OK" and aspired is not None and v.version in aspired]
+                if errors and all(state.versions.get(v) is not None and
+                                  state.versions[v].state == END for v in aspired):
+                    failed[name] = errors[0].error_message
+                else:
+                    pending.append(name)
+                    if name not in warned and not aspired:
+                        warned.add(name)
+                        log.warning("No versions of servable %s found under base path %s",
+                                    name, state.entry.base_path)
+            if failed and not pending:
+                detail = ", ".join(f"{{{n}: {msg}}}" for n, msg in failed.items())
+                raise ServingError("UNKNOWN", f"{len(failed)} model(s) did not become "
+                                   f"available: {detail}")
+            if not pending:
+                return
+            if self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
+                raise ServingError("UNAVAILABLE", f"models still loading: {pending}")
+            time.sleep(max(min(self.options.file_system_poll_wait_seconds, 1.0), 0.1))
+            with self._lock:
+                for name in pending:
+                    if name in self.states:
+                        self._reconcile(self.states[name])
+                        self._publish(self.states[name])
+
+    # ------------------------------------------------------------------ polling
+    def start_polling(self) -> None:
+        period = self.options.file_system_poll_wait_seconds
+        if period <= 0 or self._poller is not None:
+            return
+        self._poller = threading.Thread(target=self._poll_loop, args=(period,),
+                                        name="fs_poller", daemon=True)
+        self._poller.start()
+
+    def _poll_loop(self, period: float) -> None:
+        while not self._stop.wait(period):
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - the poller must survive anything
+                log.exception("file system poll failed")
+
+    def poll_once(self) -> None:
+        with self._lock:
+            for name in list(self.configured):
+                self._reconcile(self.states[name])
+                self._publish(self.states[name])
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _aspired(self, state: ModelState) -> set[int] | None:
+        listed = cfg.list_versions(state.entry.base_path)
+        if listed is None:
+            return None
+        state.listed = listed
+        return cfg.aspired_versions(state.entry, list(listed))
+
+    def _reconcile(self, state: ModelState) -> None:
+        """Load newly aspired versions (highest first), then unload the rest safely."""
+        aspired = self._aspired(state)
+        if aspired is None:
+            if not getattr(state, "missing_logged", False):
+                log.error("File system storage path source: base path %s of model %s does not "
+                          "exist", state.entry.base_path, state.name)
+                state.missing_logged = True
+            return
+        state.missing_logged = False
+        listed = state.listed
+        for version in sorted(aspired, reverse=True):
+            current = state.versions.get(version)
+            path = listed[version]
+            if current is not None and current.state in (LOADING, AVAILABLE):
+                continue
+            if str(path) in state.failed_paths:
+                continue
+            self._load(state, version, path)
+            self._publish(state)
+        serving = [v for v, s in state.versions.items() if s.state == AVAILABLE]
+        unaspired = sorted(v for v in serving if v not in aspired)
+        any_aspired_available = any(v in aspired for v in serving)
+        if not aspired or any_aspired_available:
+            to_unload = unaspired
+        else:
+            to_unload = unaspired[:-1]  # keep the newest old version until a new one serves
+        for version in to_unload:
+            self._unload(state, version)
+        # forget failures of versions that are no longer on disk, so a re-export retries
+        state.failed_paths &= {str(p) for p in listed.values()}
+
+    def _load(self, state: ModelState, version: int, path: Path) -> None:
+        status = VersionStatus(version, path, LOADING)
+        state.versions[version] = status
+        attempts = max(self.options.max_num_load_retries, 0) + 1
+        for attempt in range(attempts):
+            started = time.monotonic()
+            try:
+                loaded = load_model(state.name, version, path, self.options.saved_model_tags)
+                if self.batching is not None:
+                    self.batching.attach(loaded)
+                if self.options.enable_model_warmup:
+                    run_warmup(loaded, self.options.num_request_iterations_for_warmup,
+                               self.metrics)
+            except ServingError as exc:
+                if self.metrics is not None:
+                    self.metrics.load(str(path), False, 0)
+                log.error("Loading servable: {name: %s version: %d} failed: %s",
+                          state.name, version, exc.message)
+                status.error_code, status.error_message = exc.code, exc.message
+                if attempt + 1 < attempts and not self._stop.wait(
+                        self.options.load_retry_interval_micros / 1e6):
+                    log.info("Retrying load of %s version %d (attempt %d of %d)", state.name,
+                             version, attempt + 2, attempts)
+                    continue
+                status.state = END
+                state.failed_paths.add(str(path))
+                return
+            micros = (time.monotonic() - started) * 1e6
+            if self.metrics is not None:
+                self.metrics.load(str(path), True, micros)
+            status.loaded = loaded
+            status.error_code, status.error_message = "OK", ""
+            status.state = AVAILABLE
+            log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms",
+                     state.name, version, micros / 1e3)
+            return
+
+    def _unload(self, state: ModelState, version: int) -> None:
+        status = state.versions[version]
+        status.state = UNLOADING
+        loaded = status.loaded
+        status.loaded = None
+        self._publish(state)  # stop routing new requests to it first
+        if self.batching is not None and loaded is not None:
+            self.batching.detach(loaded)
+        status.state = END
+        log.info("Unloaded servable version {name: %s version: %d}", state.name, version)
+
+    def _retire(self, name: str) -> None:
+        state = self.states[name]
+        for version, status in list(state.versions.items()):
+            if status.state in (AVAILABLE, LOADING):
+                self._unload(state, version)
+        self.serving.pop(name, None)
+
+    def _publish(self, state: ModelState, labels_checked: bool = True) -> None:
+        if state.name not in self.configured:
+            return
+        versions = {v: s.loaded for v, s in state.versions.items()
+                    if s.state == AVAILABLE and s.loaded is not None}
+        latest = versions[max(versions)] if versions else None
+        labels = dict(state.entry.version_labels)
+        self.serving[state.name] = Serving(versions, latest, labels)
+
+    def available_models(self) -> dict[str, list[int]]:
+        return {name: sorted(s.versions) for name, s in self.serving.items()}

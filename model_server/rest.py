@@ -1,0 +1,342 @@
+"""REST front end on the stdlib HTTP server, with TF Serving's routes and error mapping.
+
+Paths, check order and error bodies follow reference §1: `/v1/...` answers JSON (errors as
+`{"error": msg}` with the HTTP status of the canonical code), the Prometheus page lives on
+its configured path, and everything else is an HTML 404 like libevent's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import re
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+from google.protobuf import json_format
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_status_pb2,
+    regression_pb2,
+)
+
+from model_server import inference, rest_json
+from model_server.errors import ServingError, from_tf_exception, invalid
+from model_server.grpc_service import fill_status
+
+log = logging.getLogger("model_server")
+
+_V1 = re.compile(r"^/v1/", re.I)
+_POST = re.compile(
+    r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:([A-Za-z]+)$", re.I)
+_GET = re.compile(
+    r"^/v1/models(?:/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(/[A-Za-z]+)?)?$", re.I)
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_HTML_404 = (b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>"
+             b"<h1>Not Found</h1><p>The requested URL was not found on this server.</p>"
+             b"</body></html>")
+_INT64_MAX = 2**63 - 1
+
+
+class _EmptyBody400(Exception):
+    """URL conversion failures: TF Serving answers 400 with no body (reference §1.1)."""
+
+
+def _decode(part: str) -> str:
+    if _BAD_ESCAPE.search(part):
+        raise _EmptyBody400()
+    return unquote(part, errors="strict")
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = int(text)
+    if value > _INT64_MAX:
+        raise _EmptyBody400()
+    return value
+
+
+class RestApi:
+    """Request handling, independent of the HTTP transport (easy to test and reuse)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.manager = server.manager
+        self.metrics = server.metrics
+        flags = server.flags
+        self.timeout_s = flags.rest_api_timeout_in_ms / 1000 if flags.rest_api_timeout_in_ms > 0 \
+            else None
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        started = time.monotonic()
+        model, api, status = "", "", "OK"
+        try:
+            if method == "POST":
+                match = _POST.match(path)
+                if not match or match.group(4) not in ("predict", "classify", "regress"):
+                    raise invalid(f"Malformed request: POST {path}")
+                model = _decode(match.group(1))
+                version = _version(match.group(2))
+                label = _decode(match.group(3)) if match.group(3) else None
+                api = match.group(4)
+                text = self._post(api, model, version, label, body)
+            elif method == "GET":
+                match = _GET.match(path)
+                if not match:
+                    raise invalid(f"Malformed request: GET {path}")
+                if match.group(1) is None:
+                    raise invalid("Missing model name in request.")
+                model = _decode(match.group(1))
+                version = _version(match.group(2))
+                label = _decode(match.group(3)) if match.group(3) else None
+                suffix = match.group(4)
+                if suffix is not None and suffix.lower() != "/metadata":
+                    raise invalid(f"Malformed request: GET {path}")
+                if suffix == "/metadata":
+                    text = self._metadata(model, version, label)
+                else:  # "/METADATA" etc. fall back to status, as in TF Serving
+                    text = self._status(model, version)
+            else:
+                raise invalid(f"Malformed request: {method} {path}")
+            return 200, text.encode("utf-8", "surrogateescape")
+        except _EmptyBody400:
+            status = "INVALID_ARGUMENT"
+            return 400, b""
+        except ServingError as exc:
+            status = exc.code
+            return exc.http_status, json.dumps({"error": exc.message}).encode()
+        except Exception as exc:  # noqa: BLE001 - a request must never kill the server
+            err = from_tf_exception(exc)
+            status = err.code
+            if err.code == "INTERNAL":
+                log.exception("REST %s %s failed", method, path)
+            return err.http_status, json.dumps({"error": err.message}).encode()
+        finally:
+            if self.metrics is not None:
+                self.metrics.request(model, status)
+                if status == "OK":
+                    self.metrics.latency(model, api, "REST", (time.monotonic() - started) * 1e6)
+
+    # ------------------------------------------------------------------ endpoints
+    def _status(self, model: str, version: int | None) -> str:
+        response = get_model_status_pb2.GetModelStatusResponse()
+        fill_status(response, self.manager.status(model, version))
+        return json_format.MessageToJson(response, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True, indent=None)
+
+    def _metadata(self, model, version, label) -> str:
+        loaded = self.manager.resolve(model, version=version, label=label)
+        spec = json.dumps({"name": model, "signature_name": "", "version": str(loaded.version)})
+        return ('{"model_spec": ' + spec + ', "metadata": {"signature_def": '
+                + loaded.metadata_json() + "}}")
+
+    def _post(self, api, model, version, label, body: bytes) -> str:
+        request = rest_json.parse_body(body)
+        sig_name = request.get("signature_name", "")
+        if not isinstance(sig_name, str):
+            raise invalid("'signature_name' key must be a string value.")
+        loaded = self.manager.resolve(model, version=version, label=label)
+        if api == "predict":
+            return self._predict(loaded, sig_name, request)
+        return self._classify_regress(api, loaded, model, sig_name, request)
+
+    def _predict(self, loaded, sig_name, request) -> str:
+        sig = loaded.signature(sig_name, grpc=False)
+        inputs, row_format = rest_json.request_inputs(request, sig)
+        for alias, array in inputs.items():
+            sig.check_shape(alias, array.shape)
+        started = time.monotonic()
+        outputs = sig.run(inputs, None, self.timeout_s)
+        self._check_deadline(started)
+        return rest_json.response_text(outputs, row_format)
+
+    def _classify_regress(self, api, loaded, model, sig_name, request) -> str:
+        input_proto = rest_json.examples_input(request, api)
+        started = time.monotonic()
+        if api == "regress":
+            req = regression_pb2.RegressionRequest()
+            req.model_spec.name = model
+            req.model_spec.signature_name = sig_name
+            req.input.CopyFrom(input_proto)
+            result = inference.regress(loaded, req, self.timeout_s).result
+            self._check_deadline(started)
+            values = rest_json.format_floats(
+                __import__("numpy").array([r.value for r in result.regressions],
+                                          dtype="float32"))
+            return '{"results": [' + ", ".join(values) + "]}"
+        req = classification_pb2.ClassificationRequest()
+        req.model_spec.name = model
+        req.model_spec.signature_name = sig_name
+        req.input.CopyFrom(input_proto)
+        result = inference.classify(loaded, req, self.timeout_s).result
+        self._check_deadline(started)
+        rows = []
+        for classifications in result.classifications:
+            scores = rest_json.format_floats(__import__("numpy").array(
+                [c.score for c in classifications.classes], dtype="float32"))
+            pairs = [f"[{json.dumps(c.label)}, {s}]" for c, s in
+                     zip(classifications.classes, scores, strict=False)]
+            rows.append("[" + ", ".join(pairs) + "]")
+        return '{"results": [' + ", ".join(rows) + "]}"
+
+    def _check_deadline(self, started: float) -> None:
+        # A graph call cannot be interrupted from Python; an over-deadline result is
+        # discarded and reported as TF Serving would (504).
+        if self.timeout_s is not None and time.monotonic() - started > self.timeout_s:
+            raise ServingError("DEADLINE_EXCEEDED",
+                               f"Timed out after {self.timeout_s * 1000:.0f} ms "
+                               f"(--rest_api_timeout_in_ms)")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "uic-model-server"
+    sys_version = ""
+
+    def log_message(self, fmt, *args):  # quiet: one line per request is too much at 500 QPS
+        log.debug("%s - %s", self.address_string(), fmt % args)
+
+    def _reply(self, code: int, body: bytes, content_type: str = "application/json",
+               api: bool = True) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if api and self.server.cors:
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.send_header("Access-Control-Allow-Methods", "POST, GET")
+            self.send_header("Access-Control-Allow-Headers", "Content-Type")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _read_body(self) -> bytes | None:
+        limit = self.server.max_body_bytes
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks, total = [], 0
+            while True:
+                line = self.rfile.readline(1024)
+                try:
+                    size = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    self._error(400, "Malformed chunked request body")
+                    return None
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                total += size
+                if total > limit:
+                    self._too_large(total)
+                    return None
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(8)
+            body = b"".join(chunks)
+        else:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self._error(400, "Content-Length is not a number")
+                return None
+            if length < 0:
+                self._error(400, "Content-Length is negative")
+                return None
+            if length > limit:
+                self._too_large(length)
+                return None
+            body = self.rfile.read(length) if length else b""
+        if "gzip" in self.headers.get("Content-Encoding", "").lower():
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError, zlib.error) as exc:
+                self._error(400, f"Failed to decompress gzip request body: {exc}")
+                return None
+            if len(body) > limit:
+                self._too_large(len(body))
+                return None
+        return body
+
+    def _too_large(self, size: int) -> None:
+        self.close_connection = True  # the unread body must not be parsed as a request
+        self._error(413, f"Request body of {size} bytes exceeds the limit of "
+                    f"{self.server.max_body_bytes} bytes (--rest_api_max_body_bytes)")
+
+    def _error(self, code: int, message: str) -> None:
+        self._reply(code, json.dumps({"error": message}).encode())
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path
+        if _V1.match(path):
+            body = self._read_body() if method == "POST" else b""
+            if body is None:
+                return
+            if method != "POST" and self.headers.get("Content-Length"):
+                self._discard_body()
+            code, payload = self.server.api.handle(method, path, body)
+            self._reply(code, payload)
+            return
+        prom = self.server.prometheus_path
+        bare = path.split("?", 1)[0]
+        if prom is not None and bare == prom:
+            self._discard_body()
+            if "?" in path:
+                self._reply(400, b"Unexpected path", "text/plain", api=False)
+            else:
+                self._reply(200, self.server.metrics.render(), "text/plain; version=0.0.4",
+                            api=False)
+            return
+        self._discard_body()
+        self._reply(404, _HTML_404, "text/html", api=False)
+
+    def _discard_body(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if 0 < length <= self.server.max_body_bytes:
+            self.rfile.read(length)
+        elif length:
+            self.close_connection = True
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        self._dispatch("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._dispatch("POST")
+
+    def do_PUT(self):  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_DELETE(self):  # noqa: N802
+        self._dispatch("DELETE")
+
+    def do_PATCH(self):  # noqa: N802
+        self._dispatch("PATCH")
+
+    def do_HEAD(self):  # noqa: N802
+        self._dispatch("HEAD")
+
+    def do_OPTIONS(self):  # noqa: N802
+        self._discard_body()
+        origin = self.headers.get("Origin", "")
+        if re.match(r"^https?://", origin):
+            self._reply(200, b"")
+        else:
+            self._reply(400, b"")
+
+
+class RestServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address, server, max_body_bytes: int, prometheus_path: str | None):
+        self.api = RestApi(server)
+        self.metrics = server.metrics
+        self.cors = server.flags.rest_api_enable_cors_support
+        self.max_body_bytes = max_body_bytes
+        self.prometheus_path = prometheus_path
+        super().__init__(address, _Handler)

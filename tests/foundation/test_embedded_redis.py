@@ -1,0 +1,105 @@
+"""uic/embedded_redis.py: a real redis-server started, reached and stopped; the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from uic.embedded_redis import (
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    find_redis_server,
+    free_port,
+)
+
+NO_RETRY = Retry(NoBackoff(), 0)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_find_redis_server_gives_an_executable():
+    path = find_redis_server()
+    assert os.access(path, os.X_OK)
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    assert "Redis server" in out
+
+
+def test_start_stop_with_password(tmp_path):
+    server = EmbeddedRedis(data_dir=tmp_path / "d", password="s3cret")
+    with server:
+        assert server.url == f"redis://:s3cret@127.0.0.1:{server.port}/0"
+        assert redis.Redis.from_url(server.url).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port, password="wrong", retry=NO_RETRY).ping()
+        assert (tmp_path / "d" / "redis.log").is_file()
+        pid = server.process.pid
+    assert server.process is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the process is gone (reaped), not left behind
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=server.port, socket_connect_timeout=0.5, retry=NO_RETRY).ping()
+
+
+def test_temporary_data_dir_is_removed():
+    server = EmbeddedRedis().start()
+    data_dir = server.data_dir
+    assert data_dir.is_dir()
+    server.stop()
+    assert not data_dir.exists()
+
+
+def test_port_in_use_is_a_clear_error(redis_server):
+    with pytest.raises(EmbeddedRedisError, match=f"port {redis_server.port} .* already in use"):
+        EmbeddedRedis(port=redis_server.port).start()
+
+
+def test_bad_arguments_fail_at_start_with_the_log(tmp_path):
+    server = EmbeddedRedis(data_dir=tmp_path, extra_args=["--no-such-option", "1"])
+    with pytest.raises(EmbeddedRedisError, match="exited with code"):
+        server.start(timeout=5)
+
+
+def test_missing_binary_and_bad_port():
+    with pytest.raises(EmbeddedRedisError, match="binary not found"):
+        EmbeddedRedis(binary="/nonexistent/redis-server").start()
+    with pytest.raises(EmbeddedRedisError, match="port must be an integer"):
+        EmbeddedRedis(port=70000)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "uic.embedded_redis", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_cli_start_status_stop(tmp_path):
+    port = free_port()
+    common = ["--port", str(port), "--dir", str(tmp_path), "--password", "pw"]
+    started = _cli("start", *common)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"127.0.0.1:{port}" in started.stdout
+        assert redis.Redis(port=port, password="pw").ping()  # outlives the CLI process
+        status = _cli("status", *common)
+        assert status.returncode == 0 and "up on" in status.stdout
+        wrong = _cli("status", "--port", str(port), "--password", "nope")
+        assert wrong.returncode == 1 and "rejected the password" in wrong.stderr
+        again = _cli("start", *common)
+        assert again.returncode == 1 and "already in use" in again.stderr
+    finally:
+        stopped = _cli("stop", *common)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped" in stopped.stdout
+    down = _cli("status", *common)
+    assert down.returncode == 1 and "no redis answering" in down.stderr
+
+
+def test_cli_help_and_bad_args():
+    assert "start" in _cli("--help").stdout
+    bad = _cli("start", "--port", "99999")
+    assert bad.returncode == 2 and "--port must be in 1..65535" in bad.stderr
+    assert _cli("restart").returncode == 2

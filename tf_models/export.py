@@ -1,0 +1,227 @@
+"""Export a model's four parts as TF Serving SavedModels (DESIGN.md §4).
+
+``<out>/<model>_<part>/<version>/`` for part in tower, step, head, full, each with the
+contract's `serving_default` signature (uic.contract.SIGNATURES), TF Serving warm-up records
+in ``assets.extra/tf_serving_warmup_requests`` and ``assets.extra/uic_metadata.json``.
+
+CLI::
+
+    python -m tf_models.export --run runs/dien --out saved_models --version 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from uic.contract import (
+    PARTS,
+    SIGNATURE_NAME,
+    SIGNATURES,
+    WARMUP_FILE,
+    ExportMetadata,
+    export_dir,
+    serving_model_name,
+)
+
+from tf_models.base import UICModel
+from tf_models.config import ModelConfig
+from tf_models.models import build_model
+from tf_models.run import load_run
+
+WARMUP_CASES = ((1, 1), (2, 5))  # (rows or candidates, sequence length) per warm-up request
+
+
+def _tensor_spec(spec, state_size: int) -> tf.TensorSpec:
+    dims = []
+    for dim in spec.shape:
+        if dim == "S":
+            dims.append(state_size)
+        elif isinstance(dim, int):
+            dims.append(dim)
+        else:
+            dims.append(None)
+    return tf.TensorSpec(dims, tf.as_dtype(spec.dtype), name=spec.name)
+
+
+class _PartModule(tf.Module):
+    """Holds the Keras model (so its variables are saved) and one serving function."""
+
+    def __init__(self, model: UICModel, part: str):
+        super().__init__(name=f"{model.model_name}_{part}")
+        self.model = model
+        inputs, outputs = SIGNATURES[part]
+        specs = [_tensor_spec(s, model.state_size) for s in inputs]
+        method = getattr(model, part)
+        out_name = outputs[0].name
+
+        def serve(*args):
+            return {out_name: method(*args)}
+
+        # keyword names of the signature = contract input names
+        self.serve = tf.function(
+            _with_arg_names(serve, [s.name for s in inputs]), input_signature=specs
+        )
+
+
+def _with_arg_names(fn, names):
+    """Wrap fn(*args) as a function whose positional parameters carry the contract names."""
+    params = ", ".join(names)
+    namespace = {"fn": fn}
+    exec(f"def serve({params}):\n    return fn({params})\n", namespace)  # noqa: S102
+    return namespace["serve"]
+
+
+def _example_inputs(part: str, state_size: int, rows: int, length: int, rng) -> dict[str, np.ndarray]:
+    """Contract-shaped example inputs (also used by tests and benchmarks)."""
+    inputs, _ = SIGNATURES[part]
+    sizes = {"B": rows, "N": rows, "L": length, "T": length, "S": state_size}
+    out = {}
+    for spec in inputs:
+        shape = tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
+        if spec.dtype == "int64":
+            out[spec.name] = rng.integers(1, 1000, size=shape, dtype=np.int64)
+        elif spec.dtype == "int32":
+            out[spec.name] = np.full(shape, length, dtype=np.int32)
+        else:
+            out[spec.name] = np.zeros(shape, dtype=np.float32)
+    return out
+
+
+def example_inputs(part: str, state_size: int, rows: int = 2, length: int = 5, seed: int = 0):
+    return _example_inputs(part, state_size, rows, length, np.random.default_rng(seed))
+
+
+def write_warmup(saved_model_dir: Path, serving_name: str, part: str, state_size: int) -> Path:
+    """TF Serving warm-up file: TFRecord of PredictionLog, one PredictLog request each."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    path = Path(saved_model_dir) / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for rows, length in WARMUP_CASES:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=serving_name, signature_name=SIGNATURE_NAME)
+            )
+            for name, value in _example_inputs(part, state_size, rows, length, rng).items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+    return path
+
+
+def metadata_for(model: UICModel, version: int) -> ExportMetadata:
+    cfg = model.config
+    return ExportMetadata(
+        model=model.model_name,
+        version=int(version),
+        state_size=model.state_size,
+        state_layout=tuple(model.state_layout()),
+        ring_size=cfg.ring_size if model.model_name == "dien" else None,
+        memory_slots=cfg.memory_slots if model.model_name == "mimn" else None,
+        config={**cfg.to_dict(), "embedding_dim": model.emb_dim},
+    )
+
+
+def save_part(model: UICModel, part: str, target: Path, version: int) -> Path:
+    """Write one part to `target` atomically (temp dir + rename), so a server polling the
+    base path never sees a half-written version."""
+    target = Path(target)
+    if target.exists():
+        raise FileExistsError(
+            f"{target} already exists: pick a new --version or delete that directory"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        module = _PartModule(model, part)
+        tf.saved_model.save(
+            module, str(tmp), signatures={SIGNATURE_NAME: module.serve.get_concrete_function()}
+        )
+        metadata_for(model, version).write(tmp)
+        write_warmup(tmp, serving_model_name(model.model_name, part), part, model.state_size)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def export_model(
+    model_name: str,
+    out_root,
+    version: int,
+    *,
+    config: ModelConfig | None = None,
+    trained: UICModel | None = None,
+    seed: int = 0,
+    parts=PARTS,
+) -> dict[str, Path]:
+    """Export `trained` (or a freshly initialised model built from `config` and `seed`) as
+    ``<out_root>/<model>_<part>/<version>/`` for each part. Returns {part: path}."""
+    if trained is not None:
+        if trained.model_name != model_name:
+            raise ValueError(f"trained model is {trained.model_name!r}, asked to export {model_name!r}")
+        model = trained
+    else:
+        model = build_model(model_name, config or ModelConfig(), seed=seed)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; expected some of {list(PARTS)}")
+    return {
+        part: save_part(model, part, export_dir(out_root, model_name, part, version), version)
+        for part in parts
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tf_models.export",
+        description="Export a trained run (tf_models.train) as four TF Serving SavedModels.",
+    )
+    parser.add_argument("--run", required=True, help="run directory written by tf_models.train")
+    parser.add_argument("--out", default="saved_models", help="export root (default saved_models)")
+    parser.add_argument("--version", type=int, required=True, help="positive integer version")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts (default all)")
+    args = parser.parse_args(argv)
+    if args.version <= 0:
+        parser.error(f"--version must be a positive integer, got {args.version}")
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        parser.error(f"--parts: unknown part(s) {bad}; choose from {list(PARTS)}")
+    try:
+        model = load_run(args.run)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    existing = [
+        str(export_dir(args.out, model.model_name, p, args.version))
+        for p in parts
+        if export_dir(args.out, model.model_name, p, args.version).exists()
+    ]
+    if existing:
+        parser.error(f"already exported: {existing}; pick a new --version")
+    from tqdm import tqdm
+
+    written = {}
+    for part in tqdm(parts, desc=f"export {model.model_name} v{args.version}", unit="part"):
+        written[part] = str(
+            save_part(model, part, export_dir(args.out, model.model_name, part, args.version), args.version)
+        )
+    print(json.dumps({"model": model.model_name, "version": args.version,
+                      "state_size": model.state_size, "parts": written}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Keras 3 layers used by the DIEN, MIMN and baseline models (one layer per module)."""
+
+from tf_models.layers.augru import InterestEvolution
+from tf_models.layers.dice import Dice
+from tf_models.layers.din_attention import DinAttention
+from tf_models.layers.gru_cell import GRUCell
+from tf_models.layers.id_hashing import IdHashing
+from tf_models.layers.mimn_cell import MIMNCell
+from tf_models.layers.mlp import MLP
+
+__all__ = ["Dice", "DinAttention", "GRUCell", "IdHashing", "InterestEvolution", "MIMNCell", "MLP"]
