@@ -123,7 +123,9 @@ def run(argv: Sequence[str] | None = None) -> BackfillResult:
     result = pipeline.run()
     result.wait_until_finish()
     seconds = time.perf_counter() - started
-    totals = common.metric_totals(result, "backfill")
+    totals = dict.fromkeys(("users", "events", "rejected", "duplicates", "after_cutoff",
+                            "states_written", "states_not_newer"), 0)
+    totals.update(common.metric_totals(result, "backfill"))
 
     activated = False
     if args.activate == "yes" or (args.activate == "auto"

@@ -183,16 +183,16 @@ class BatchScheduler:
                     (started - task.enqueued) * 1e6)
                 self.metrics.wrapped_run_count.inc()
         try:
-            merged, rows = self._merge(batch)
+            merged, target = self._merge(batch)
             outputs = signature.call(merged)
             outputs = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in outputs.items()}
             offset = 0
             for name, array in outputs.items():
-                if array.ndim == 0 or array.shape[0] != rows:
+                if array.ndim == 0 or array.shape[0] != target:
                     raise ServingError(
                         "FAILED_PRECONDITION",
                         f"Batched output tensor '{name}' has shape {list(array.shape)}: its 0th "
-                        f"dimension must equal the batch size {rows}")
+                        f"dimension must equal the batch size {target}")
             for task in batch:
                 task.result = {k: v[offset:offset + task.size] for k, v in outputs.items()}
                 offset += task.size
@@ -227,7 +227,7 @@ class BatchScheduler:
                 filler = np.repeat(last[:1], target - rows, axis=0)
                 parts = parts + [filler]
             merged[alias] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        return merged, rows
+        return merged, target
 
 
 def _pad_parts(parts):

@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import re
+import socket
 import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -196,6 +197,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "uic-model-server"
     sys_version = ""
+
+    def setup(self):
+        super().setup()
+        # small header and body writes must not wait for the client's delayed ACK (Nagle)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, fmt, *args):  # quiet: one line per request is too much at 500 QPS
         log.debug("%s - %s", self.address_string(), fmt % args)

@@ -31,9 +31,9 @@ def start_model_server(models, extra_args=(), workdir: Path | None = None,
         folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="model_server_"))
         folder.mkdir(parents=True, exist_ok=True)
         config = write_models_config(folder / "models.config", models)
-    if not any(a.startswith("--model_config_file") for a in args):
+    if not any(a.startswith("--model_config_file=") for a in args):
         args.insert(0, f"--model_config_file={config}")
-    if not any(a.startswith("--max_num_load_retries") for a in args):
+    if not any(a.startswith("--max_num_load_retries=") for a in args):
         args.append("--max_num_load_retries=0")
     return ModelServerProcess(args).start(timeout=timeout)
 

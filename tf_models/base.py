@@ -139,15 +139,20 @@ class UICModel(keras.Model):
         """[B, L], [B, L], [B] -> state [B, S]: `step` from the initial state."""
         batch = tf.shape(hist_item_ids)[0]
         init = self.pack(self.initial_components(batch))
-        return self.step(init, hist_item_ids, hist_cate_ids, hist_len)
+        names = ("hist_item_ids", "hist_cate_ids", "hist_len")
+        return self._fold_checked(init, hist_item_ids, hist_cate_ids, hist_len, names)
 
     def step(self, state, item_ids, cate_ids, num_events):
         """[B, S], [B, T], [B, T], [B] -> [B, S]: the first num_events events of each row."""
-        checks = self._check_lengths(item_ids, cate_ids, num_events, "item_ids", "cate_ids", "num_events")
+        names = ("item_ids", "cate_ids", "num_events")
+        return self._fold_checked(state, item_ids, cate_ids, num_events, names)
+
+    def _fold_checked(self, state, item_ids, cate_ids, num_events, names):
+        checks = self._check_lengths(item_ids, cate_ids, num_events, *names)
         checks.append(
             tf.debugging.assert_equal(
                 tf.shape(state)[0], tf.shape(item_ids)[0],
-                message="state and item_ids must have the same number of rows",
+                message=f"state and {names[0]} must have the same number of rows",
             )
         )
         with tf.control_dependencies(checks):

@@ -21,6 +21,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tf_models.base import UICModel
+from tf_models.config import ModelConfig
+from tf_models.models import build_model
+from tf_models.run import load_run
 from uic.contract import (
     PARTS,
     SIGNATURE_NAME,
@@ -30,11 +34,6 @@ from uic.contract import (
     export_dir,
     serving_model_name,
 )
-
-from tf_models.base import UICModel
-from tf_models.config import ModelConfig
-from tf_models.models import build_model
-from tf_models.run import load_run
 
 WARMUP_CASES = ((1, 1), (2, 5))  # (rows or candidates, sequence length) per warm-up request
 
@@ -51,32 +50,31 @@ def _tensor_spec(spec, state_size: int) -> tf.TensorSpec:
     return tf.TensorSpec(dims, tf.as_dtype(spec.dtype), name=spec.name)
 
 
+def part_function(model: UICModel, part: str):
+    """`model.<part>` as a tf.function with the contract's input signature (positional
+    arguments in contract order, named as in the contract); returns {output name: tensor}."""
+    inputs, outputs = SIGNATURES[part]
+    specs = [_tensor_spec(s, model.state_size) for s in inputs]
+    method = getattr(model, part)
+    out_name = outputs[0].name
+    names = [s.name for s in inputs]
+    namespace = {"method": method, "out_name": out_name}
+    # a real function whose parameters carry the contract names (they become the signature's
+    # input keys in the SavedModel)
+    exec(  # noqa: S102
+        f"def {part}({', '.join(names)}):\n    return {{out_name: method({', '.join(names)})}}\n",
+        namespace,
+    )
+    return tf.function(namespace[part], input_signature=specs)
+
+
 class _PartModule(tf.Module):
     """Holds the Keras model (so its variables are saved) and one serving function."""
 
     def __init__(self, model: UICModel, part: str):
         super().__init__(name=f"{model.model_name}_{part}")
         self.model = model
-        inputs, outputs = SIGNATURES[part]
-        specs = [_tensor_spec(s, model.state_size) for s in inputs]
-        method = getattr(model, part)
-        out_name = outputs[0].name
-
-        def serve(*args):
-            return {out_name: method(*args)}
-
-        # keyword names of the signature = contract input names
-        self.serve = tf.function(
-            _with_arg_names(serve, [s.name for s in inputs]), input_signature=specs
-        )
-
-
-def _with_arg_names(fn, names):
-    """Wrap fn(*args) as a function whose positional parameters carry the contract names."""
-    params = ", ".join(names)
-    namespace = {"fn": fn}
-    exec(f"def serve({params}):\n    return fn({params})\n", namespace)  # noqa: S102
-    return namespace["serve"]
+        self.serve = part_function(model, part)
 
 
 def _example_inputs(part: str, state_size: int, rows: int, length: int, rng) -> dict[str, np.ndarray]:

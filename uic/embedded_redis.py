@@ -83,7 +83,10 @@ def free_port(also_free_offset: int | None = None) -> int:
 
 
 def _port_free(port: int) -> bool:
+    """True when a server could listen on the port now (SO_REUSEADDR, like redis-server, so
+    connections lingering in TIME_WAIT do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -191,6 +194,15 @@ class EmbeddedRedis:
         session so it outlives this Python process (the CLI `start`)."""
         if self.process is not None and self.process.poll() is None:
             return self
+        try:
+            return self._start(timeout, detach)
+        except BaseException:
+            self._kill()
+            self.process = None
+            self._cleanup()
+            raise
+
+    def _start(self, timeout: float, detach: bool) -> EmbeddedRedis:
         if not Path(self.binary).is_file():
             raise EmbeddedRedisError(f"redis-server binary not found at {self.binary!r}")
         if not _port_free(self.port):

@@ -304,6 +304,8 @@ class InterestStore:
             if check:
                 with store._errors():
                     client.ping()
+                    if not cluster and _cluster_enabled(client):
+                        raise StoreError(f"{where} is a Redis Cluster node: pass cluster=True")
         except StoreError:
             raise
         except ValueError as err:
@@ -389,20 +391,17 @@ class InterestStore:
         return out
 
     def _run_cas(self, cmds, ttl: int) -> list:
-        if self.is_cluster:
-            # Cluster pipelines refuse EVALSHA; EVAL carries the script (Redis caches it).
-            pipe = self.client.pipeline()
-            for key, value, applied in cmds:
-                pipe.eval(CAS_SCRIPT, 1, key, value, applied, ttl)
-            return pipe.execute(raise_on_error=False)
         for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._pipeline()
             for key, value, applied in cmds:
-                pipe.evalsha(CAS_SHA, 1, key, value, applied, ttl)
+                # execute_command: cluster pipelines block the evalsha() helper, yet route
+                # EVALSHA by its key like any other command.
+                pipe.execute_command("EVALSHA", CAS_SHA, 1, key, value, applied, ttl)
             results = pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-                # First use on this server (or after SCRIPT FLUSH): load and redo all rows;
-                # CAS makes the rows already applied a no-op the second time.
+                # First use on this server (or after SCRIPT FLUSH): load the script (on every
+                # primary of a cluster) and redo all rows; CAS makes the rows already applied
+                # a no-op the second time.
                 self.client.script_load(CAS_SCRIPT)
                 continue
             return results
@@ -521,21 +520,21 @@ class InterestStore:
     def _pipeline(self):
         return self.client.pipeline() if self.is_cluster else self.client.pipeline(transaction=False)
 
-    def _read_members(self, user_ids: Sequence[int], last_n: int) -> list[list[tuple[bytes, float]]]:
+    def _read_members(self, user_ids: Sequence[int], last_n: int, withscores: bool) -> list[list]:
         last_n = _check_int("length", last_n, 1)
         pipe = self._pipeline()
         keys = [self.behaviour_key(u) for u in user_ids]
         for key in keys:
-            pipe.zrange(key, -last_n, -1, withscores=True)
+            pipe.zrange(key, -last_n, -1, withscores=withscores)
         with self._errors():
             results = pipe.execute() if keys else []
         for key, members in zip(keys, results, strict=True):
-            _check_members(key, [m for m, _ in members])
+            _check_members(key, [m for m, _ in members] if withscores else members)
         return results
 
     def read_behaviours(self, user_id: int, last_n: int) -> list[Event]:
         """The user's `last_n` newest behaviours, oldest first."""
-        (members,) = self._read_members([user_id], last_n)
+        (members,) = self._read_members([user_id], last_n, withscores=True)
         n = _BEHAVIOUR_SUFFIX.size
         out = []
         for member, score in members:
@@ -549,7 +548,7 @@ class InterestStore:
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(item_ids int64 [B, L], cate_ids int64 [B, L], lens int32 [B]): each user's last
         `length` behaviours, oldest first, right-padded with 0, read in one round trip."""
-        results = self._read_members(user_ids, length)
+        results = self._read_members(user_ids, length, withscores=False)
         b = len(results)
         items = np.zeros((b, length), np.int64)
         cates = np.zeros((b, length), np.int64)
@@ -558,12 +557,19 @@ class InterestStore:
         for row, members in enumerate(results):
             if not members:
                 continue
-            packed = np.frombuffer(b"".join(m[-n:] for m, _ in members), dtype=_BEHAVIOUR_DTYPE)
+            packed = np.frombuffer(b"".join(m[-n:] for m in members), dtype=_BEHAVIOUR_DTYPE)
             k = len(packed)
             items[row, :k] = packed["item"]
             cates[row, :k] = packed["cate"]
             lens[row] = k
         return items, cates, lens
+
+
+def _cluster_enabled(client) -> bool:
+    try:
+        return bool(int(client.info("cluster").get("cluster_enabled", 0)))
+    except redis.exceptions.NoPermissionError:  # an ACL user without INFO: assume standalone
+        return False
 
 
 def _key_from_corrupt(message: str) -> str:
@@ -584,6 +590,6 @@ def _explain(err: Exception, where: str) -> str:
     if isinstance(err, redis.ConnectionError | redis.TimeoutError):
         return (f"cannot reach Redis at {where} ({text}). Is it running? Start one with "
                 "`python -m uic.embedded_redis start --port 6390`.")
-    if "CROSSSLOT" in text or "MOVED" in text or "cluster" in text.lower():
+    if "CROSSSLOT" in text or "MOVED" in text or "same slot" in text or "cluster" in text.lower():
         return f"Redis Cluster error at {where} ({text}); pass cluster=True for a cluster."
     return f"Redis error at {where}: {text}"

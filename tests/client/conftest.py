@@ -1,14 +1,20 @@
 """Fixtures for the client tests: expected scores computed in-process with the exported
-SavedModels (tf.saved_model.load), a real model server serving heads and full models of both
-versions, and a function to seed Redis (states written with the store, behaviours too)."""
+SavedModels (tf.saved_model.load), real model servers, and a function to seed Redis (states
+written with the store, behaviours too).
+
+The servers are session-scoped and start in background threads while the expected scores
+are computed, so their start-up (TensorFlow import, SavedModel loads, warm-up) overlaps.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from tests.fixtures_server import start_model_server
 from uic.contract import SIGNATURE_NAME, export_dir, serving_model_name
 from uic.events import Event
 from uic.store import InterestStore
@@ -40,25 +46,58 @@ class Expected:
     cold: dict          # (model, version) -> float32 [S]
     scores: dict        # (model, version, user) -> full model called directly, float32 [N]
     cold_scores: dict   # (model, version) -> full model on an empty history
-    head_scores: dict   # (model, version, user) -> head(tower(x)) called directly
 
 
 @pytest.fixture(scope="session")
-def expected(tiny_exports) -> Expected:
+def _servers(tiny_exports, tmp_path_factory):
+    """Start, in the background: "main" with `<model>_head` and `<model>_full`, versions 1
+    and 2 of each; "small" with dien_head (latest version only), which a test stops."""
+    import tensorflow  # noqa: F401  - import once here, not concurrently in the threads
+    from tensorflow_serving.apis import model_service_pb2_grpc  # noqa: F401
+
+    models = {serving_model_name(m, p): {"base_path": tiny_exports / serving_model_name(m, p),
+                                         "policy": "all"}
+              for m in MODELS for p in ("head", "full")}
+    pool = ThreadPoolExecutor(2, thread_name_prefix="model-server-start")
+    futures = {
+        "main": pool.submit(start_model_server, models, (),
+                            tmp_path_factory.mktemp("server_main")),
+        "small": pool.submit(start_model_server, {"dien_head": tiny_exports / "dien_head"}, (),
+                             tmp_path_factory.mktemp("server_small")),
+    }
+    yield futures
+    pool.shutdown(wait=True)
+    for future in futures.values():
+        if future.exception() is None:
+            future.result().stop()
+
+
+@pytest.fixture(scope="session")
+def server(_servers, expected):
+    return _servers["main"].result()
+
+
+@pytest.fixture(scope="session")
+def small_server(_servers, expected):
+    return _servers["small"].result()
+
+
+@pytest.fixture(scope="session")
+def expected(tiny_exports, _servers) -> Expected:
     import tensorflow as tf
 
     def fn(model, part, version):
         loaded = tf.saved_model.load(str(export_dir(tiny_exports, model, part, version)))
         return loaded, loaded.signatures[SIGNATURE_NAME]
 
-    out = Expected({}, {}, {}, {}, {})
+    out = Expected({}, {}, {}, {})
     keep = []  # keep loaded objects alive while their signatures are used
     cands = {"cand_item_ids": tf.constant(CAND_ITEMS), "cand_cate_ids": tf.constant(CAND_CATES)}
     for model in MODELS:
         for version in VERSIONS:
-            parts = {p: fn(model, p, version) for p in ("tower", "head", "full")}
+            parts = {p: fn(model, p, version) for p in ("tower", "full")}
             keep.append(parts)
-            tower, head, full = (parts[p][1] for p in ("tower", "head", "full"))
+            tower, full = parts["tower"][1], parts["full"][1]
             for user in [*HISTORY_LENGTHS, UNKNOWN_USER]:
                 items, cates, _ = history(user)
                 width = max(len(items), 1)
@@ -67,14 +106,12 @@ def expected(tiny_exports) -> Expected:
                         "hist_len": tf.constant([len(items)], tf.int32)}
                 state = tower(**hist)["state"].numpy()[0]
                 scores = full(**hist, **cands)["ctr"].numpy()
-                head_scores = head(state=tf.constant(state[None]), **cands)["ctr"].numpy()
                 if user == UNKNOWN_USER:
                     out.cold[(model, version)] = state
                     out.cold_scores[(model, version)] = scores
                 else:
                     out.states[(model, version, user)] = state
                     out.scores[(model, version, user)] = scores
-                    out.head_scores[(model, version, user)] = head_scores
     return out
 
 
@@ -99,12 +136,3 @@ def seeded_store(redis_url, expected) -> InterestStore:
     seed(store, expected)
     yield store
     store.client.close()
-
-
-@pytest.fixture(scope="module")
-def server(model_server_factory, tiny_exports):
-    """One server with `<model>_head` and `<model>_full`, versions 1 and 2 of each."""
-    models = {serving_model_name(m, p): {"base_path": tiny_exports / serving_model_name(m, p),
-                                         "policy": "all"}
-              for m in MODELS for p in ("head", "full")}
-    return model_server_factory(models)

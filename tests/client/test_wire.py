@@ -7,14 +7,15 @@ request the client builds is read by the server exactly as intended.
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from client.candidates import parse_id_list, read_candidates
-from client.errors import InvalidRequest
+from client.errors import InvalidRequest, ModelServerError, ModelServerUnavailable
 from client.protos import DT_FLOAT, DT_INT64, PredictRequest, fill_tensor, tensor_to_numpy
-from client.transport import parse_target
+from client.transport import _Retrying, _Transient, parse_target
 
 
 @pytest.mark.parametrize("array", [
@@ -106,3 +107,37 @@ def test_parse_target():
     assert parse_target("[::1]:8501", 8500) == ("::1", 8501)
     with pytest.raises(InvalidRequest, match="host:port"):
         parse_target("host:http", 8500)
+
+
+class _Scripted(_Retrying):
+    """The retry loop with a scripted `_send` (pure logic: no network)."""
+
+    def __init__(self, outcomes, retries=2):
+        self.target, self.retries, self.backoff_s = "test:1", retries, 0.0
+        self.outcomes, self.sent = list(outcomes), 0
+
+    def _send(self, request, timeout):
+        self.sent += 1
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def test_retries_only_unavailable_and_stay_bounded():
+    ok = np.float32([0.5])
+    t = _Scripted([_Transient("UNAVAILABLE"), ok])
+    scores, attempts = t.call(None, time.perf_counter() + 1)
+    assert attempts == 2 and scores is ok
+    t = _Scripted([_Transient("UNAVAILABLE")] * 5)
+    with pytest.raises(ModelServerUnavailable, match="after 3 attempt"):
+        t.call(None, time.perf_counter() + 1)
+    assert t.sent == 3
+    t = _Scripted([ModelServerError("INVALID_ARGUMENT", "bad shape"), ok])
+    with pytest.raises(ModelServerError, match="INVALID_ARGUMENT: bad shape"):
+        t.call(None, time.perf_counter() + 1)
+    assert t.sent == 1
+    t = _Scripted([ok])
+    with pytest.raises(ModelServerError, match="DEADLINE_EXCEEDED"):
+        t.call(None, time.perf_counter() - 0.001)
+    assert t.sent == 0

@@ -48,29 +48,29 @@ class KerasParts:
     """The four parts of an in-memory Keras model, compiled with tf.function."""
 
     def __init__(self, model):
-        import tensorflow as tf
+        from tf_models.export import part_function
 
         self.model = model
         self.state_size = model.state_size
-        self._tower = tf.function(model.tower)
-        self._step = tf.function(model.step)
-        self._head = tf.function(model.head)
-        self._full = tf.function(model.full)
+        self.fns = {p: part_function(model, p) for p in ("tower", "step", "head", "full")}
+
+    def _call(self, part, *args):
+        return next(iter(self.fns[part](*args).values())).numpy()
 
     def initial(self, batch):
         return self.model.pack(self.model.initial_components(batch)).numpy()
 
     def tower(self, items, cates, lens):
-        return self._tower(items, cates, lens).numpy()
+        return self._call("tower", items, cates, lens)
 
     def step(self, state, items, cates, n):
-        return self._step(state, items, cates, n).numpy()
+        return self._call("step", state, items, cates, n)
 
     def head(self, state, ci, cc):
-        return self._head(state, ci, cc).numpy()
+        return self._call("head", state, ci, cc)
 
     def full(self, items, cates, lens, ci, cc):
-        return self._full(items, cates, lens, ci, cc).numpy()
+        return self._call("full", items, cates, lens, ci, cc)
 
 
 class SavedParts:

@@ -29,13 +29,15 @@ def write_drift_data(out, users: int = 600, cates: int = 24, events_per_user: in
     events, imps = [], []
     t0 = 1_700_000_000_000
     for user in range(1, users + 1):
+        # users start at different times, so a time split does not mean "longest histories"
+        start = t0 + int(rng.integers(0, events_per_user)) * 60_000 + user * 7
         interests = rng.choice(np.arange(1, cates + 1), size=events_per_user // phase + 2, replace=False)
         current = []
         for k in range(events_per_user):
             interest = interests[k // phase]
             cate = int(interest) if rng.random() < 0.85 else int(rng.integers(1, cates + 1))
             item = item_of(cate, int(rng.integers(ITEMS_PER_CATE)))
-            t = t0 + user * 7 + k * 60_000
+            t = start + k * 60_000
             events.append(Event(user, item, cate, "pv", t, f"e{user}-{k}"))
             current.append(int(interest))
         for _ in range(imps_per_user):
@@ -44,14 +46,14 @@ def write_drift_data(out, users: int = 600, cates: int = 24, events_per_user: in
             seen = sorted({int(c) for c in current[:k] if c != now})
             r = rng.random()
             if r < 0.4 or not seen:
-                cate, p = now, 0.75
+                cate, p = now, 0.8
             elif r < 0.8:
                 cate, p = int(rng.choice(seen)), 0.15
             else:
                 cate, p = int(rng.integers(1, cates + 1)), 0.1
             item = item_of(cate, int(rng.integers(ITEMS_PER_CATE)))
             label = int(rng.random() < p)
-            imps.append(Impression(user, item, cate, t0 + user * 7 + (k - 1) * 60_000 + 30_000, label))
+            imps.append(Impression(user, item, cate, start + (k - 1) * 60_000 + 30_000, label))
     events.sort(key=lambda e: (e.event_time_ms, e.event_id))
     imps.sort(key=lambda i: i.event_time_ms)
     (out / "events.jsonl").write_text("".join(e.to_json() + "\n" for e in events))

@@ -137,6 +137,7 @@ def build_all(root: Path) -> dict[str, Path]:
         "multiout": root / "multiout",
         "versioned": root / "versioned",
         "head": root / "head",
+        "probe": root / "probe",
     }
     keras_model(bases["keras"] / "1")
     multi_signature_model(bases["multi"] / "1")
@@ -145,4 +146,20 @@ def build_all(root: Path) -> dict[str, Path]:
         scaled_model(bases["versioned"] / str(version), float(version))
     (bases["versioned"] / "not_a_version").mkdir()
     head_model(bases["head"] / "1")
+    batch_probe_model(bases["probe"] / "1")
     return bases
+
+
+class BatchProbe(tf.Module):
+    """Reports the batch size the graph actually ran with (to observe server-side batching)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+    def serve(self, x):
+        n = tf.shape(x)[0]
+        return {"rows": tf.fill([n], n), "total": tf.reduce_sum(x, axis=1)}
+
+
+def batch_probe_model(path: Path) -> Path:
+    m = BatchProbe()
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+    return path

@@ -254,7 +254,7 @@ def test_gzip_and_chunked_bodies(rest):
     status, _h, raw = rest.request("POST", "/v1/models/versioned/versions/1:predict", body,
                                    {"Content-Encoding": "gzip"})
     assert (status, json.loads(raw)) == (200, {"predictions": [4.0]})
-    chunked = b'5\r\n{"ins\r\n13\r\ntances": [5.0]}  \r\n0\r\n\r\n'
+    chunked = b'5\r\n{"ins\r\n11\r\ntances": [5.0]}  \r\n0\r\n\r\n'
     status, _h, raw = rest.request("POST", "/v1/models/versioned/versions/1:predict", chunked,
                                    {"Transfer-Encoding": "chunked"})
     assert (status, json.loads(raw)) == (200, {"predictions": [5.0]})

@@ -1,0 +1,299 @@
+"""Model server benchmark: a DIEN head at 1 and 100 candidates over gRPC and REST, a fixed
+500 QPS open-loop run, and the server's own overhead on a trivial model.
+
+Everything runs side by side in one process tree: this process exports the models, starts
+the embedded server as a child process (`ModelServerProcess`) and drives it with the
+tensorflow-serving-api stub and plain HTTP. "Overhead" compares a server round trip with
+calling the same loaded signature in-process.
+
+    python -m bench.server [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CACHE = Path(__file__).resolve().parents[1] / "bench_results" / "tmp" / "server"
+
+
+def _percentiles(samples_s: list[float]) -> dict:
+    ms = np.asarray(samples_s) * 1e3
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "mean_ms": round(float(ms.mean()), 3)}
+
+
+def export_head(root: Path) -> tuple[Path, str, int]:
+    """A real DIEN head export (paper-default sizes, untrained) or a stand-in; cached."""
+    cached = CACHE / "dien_head"
+    if (cached / "1" / "saved_model.pb").is_file():
+        source = (cached / "source.txt").read_text() if (cached / "source.txt").exists() else \
+            "cached export"
+    else:
+        try:
+            from tf_models.config import ModelConfig
+            from tf_models.export import export_model
+
+            tmp = CACHE / "export_tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            paths = export_model("dien", tmp, 1, config=ModelConfig(), parts=("head",))
+            cached.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(cached / "1", ignore_errors=True)
+            shutil.move(str(paths["head"]), cached / "1")
+            shutil.rmtree(tmp, ignore_errors=True)
+            source = "tf_models.export.export_model('dien', ModelConfig() defaults, untrained)"
+        except Exception as exc:  # noqa: BLE001 - fall back to a stand-in of similar shape
+            source = f"stand-in head (export_model failed: {type(exc).__name__}: {exc})"
+            _standin_head(cached / "1")
+        (cached / "source.txt").write_text(source)
+    target = root / "dien_head"
+    shutil.copytree(cached, target, ignore=shutil.ignore_patterns("source.txt"))
+    state_size = _state_size(target / "1")
+    return target, source, state_size
+
+
+def _state_size(version_dir: Path) -> int:
+    meta = version_dir / "assets.extra" / "uic_metadata.json"
+    if meta.is_file():
+        return int(json.loads(meta.read_text())["state_size"])
+    return 1024
+
+
+def _standin_head(path: Path) -> None:
+    """Attention over K=50 ring states + a small MLP per candidate, like DIEN's head."""
+    import tensorflow as tf
+
+    k, d, size = 50, 36, 50 * 36 + 36 + 36
+
+    class Head(tf.Module):
+        def __init__(self):
+            super().__init__()
+            rng = np.random.default_rng(0)
+            self.emb = tf.Variable(rng.normal(size=(200_000, d)).astype(np.float32) * 0.1)
+            self.w1 = tf.Variable(rng.normal(size=(3 * d, 200)).astype(np.float32) * 0.1)
+            self.w2 = tf.Variable(rng.normal(size=(200, 1)).astype(np.float32) * 0.1)
+
+        @tf.function(input_signature=[tf.TensorSpec([1, size], tf.float32, name="state"),
+                                      tf.TensorSpec([None], tf.int64, name="cand_item_ids"),
+                                      tf.TensorSpec([None], tf.int64, name="cand_cate_ids")])
+        def serve(self, state, cand_item_ids, cand_cate_ids):
+            ring = tf.reshape(state[0, :k * d], [k, d])
+            cand = tf.gather(self.emb, (cand_item_ids + cand_cate_ids) % 200_000)
+            att = tf.nn.softmax(tf.matmul(cand, ring, transpose_b=True), axis=1)
+            interest = tf.matmul(att, ring)
+            user = tf.tile(state[:, k * d:k * d + d], [tf.shape(cand)[0], 1])
+            hidden = tf.nn.relu(tf.matmul(tf.concat([cand, interest, user], 1), self.w1))
+            return {"ctr": tf.sigmoid(tf.reshape(tf.matmul(hidden, self.w2), [-1]))}
+
+    head = Head()
+    tf.saved_model.save(head, str(path), signatures={"serving_default": head.serve})
+    (path / "assets.extra").mkdir(exist_ok=True)
+    (path / "assets.extra" / "uic_metadata.json").write_text(json.dumps({"state_size": size}))
+
+
+def export_trivial(root: Path) -> Path:
+    import tensorflow as tf
+
+    class Trivial(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": x + 1.0}
+
+    module = Trivial()
+    path = root / "trivial"
+    tf.saved_model.save(module, str(path / "1"), signatures={"serving_default": module.serve})
+    return path
+
+
+def head_inputs(state_size: int, n: int, rng) -> dict[str, np.ndarray]:
+    return {"state": rng.normal(size=(1, state_size)).astype(np.float32),
+            "cand_item_ids": rng.integers(1, 10**6, size=n).astype(np.int64),
+            "cand_cate_ids": rng.integers(1, 10**4, size=n).astype(np.int64)}
+
+
+def grpc_request(model: str, inputs: dict):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def closed_loop(call, n: int, warmup: int = 20) -> tuple[list[float], float]:
+    for _ in range(warmup):
+        call()
+    samples = []
+    started = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - t0)
+    return samples, n / (time.perf_counter() - started)
+
+
+def open_loop(stub, request, qps: float, seconds: float) -> dict:
+    """Send at a fixed rate regardless of responses (no coordinated omission)."""
+    latencies, errors = [], [0]
+    lock = threading.Lock()
+    total = int(qps * seconds)
+    done = threading.Event()
+    pending = [total]
+
+    def finished(future, t0):
+        elapsed = time.perf_counter() - t0
+        with lock:
+            if future.exception() is None:
+                latencies.append(elapsed)
+            else:
+                errors[0] += 1
+            pending[0] -= 1
+            if pending[0] == 0:
+                done.set()
+
+    start = time.perf_counter()
+    for i in range(total):
+        due = start + i / qps
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        t0 = time.perf_counter()
+        future = stub.Predict.future(request, timeout=10)
+        future.add_done_callback(lambda f, t0=t0: finished(f, t0))
+    done.wait(30)
+    achieved = total / (time.perf_counter() - start)
+    return {**_percentiles(latencies), "ops_per_s": round(achieved, 1), "errors": errors[0]}
+
+
+class Rest:
+    def __init__(self, url: str):
+        host, port = url.replace("http://", "").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def post(self, path: str, body: bytes) -> bytes:
+        self.conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"REST {response.status}: {data[:200]!r}")
+        return data
+
+
+def rest_body(inputs: dict) -> bytes:
+    return json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
+
+
+def run(quick: bool = False) -> list[dict]:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from model_server.config import write_models_config
+    from model_server.process import ModelServerProcess
+
+    n_requests = 200 if quick else 2000
+    open_seconds = 3.0 if quick else 10.0
+    rng = np.random.default_rng(0)
+    records: list[dict] = []
+    root = Path(tempfile.mkdtemp(prefix="bench_server_"))
+    try:
+        head_path, source, state_size = export_head(root)
+        trivial_path = export_trivial(root)
+        config = write_models_config(root / "models.config",
+                                     {"dien_head": head_path, "trivial": trivial_path})
+        with ModelServerProcess([f"--model_config_file={config}"]) as server:
+            channel = grpc.insecure_channel(server.grpc_target)
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            rest = Rest(server.rest_url)
+            for n in (1, 100):
+                inputs = head_inputs(state_size, n, rng)
+                request = grpc_request("dien_head", inputs)
+                samples, rate = closed_loop(lambda r=request: stub.Predict(r, timeout=10),
+                                            n_requests)
+                records.append({"bench": f"server_head_grpc_n{n}", "candidates": n,
+                                **_percentiles(samples), "ops_per_s": round(rate, 1),
+                                "model": source})
+                body = rest_body(inputs)
+                samples, rate = closed_loop(
+                    lambda b=body: rest.post("/v1/models/dien_head:predict", b), n_requests)
+                records.append({"bench": f"server_head_rest_n{n}", "candidates": n,
+                                **_percentiles(samples), "ops_per_s": round(rate, 1),
+                                "model": source})
+            # the head alone, called in this process: what the model costs without a server
+            head_fn = tf.saved_model.load(str(head_path / "1")).signatures["serving_default"]
+            for n in (1, 100):
+                inputs = {k: tf.constant(v) for k, v in head_inputs(state_size, n, rng).items()}
+                samples, rate = closed_loop(lambda i=inputs: head_fn(**i)["ctr"].numpy(),
+                                            n_requests)
+                records.append({"bench": f"head_in_process_n{n}", "candidates": n,
+                                **_percentiles(samples), "ops_per_s": round(rate, 1),
+                                "model": source})
+            for n in (1, 100):
+                request = grpc_request("dien_head", head_inputs(state_size, n, rng))
+                records.append({"bench": f"server_head_grpc_n{n}_open_loop_500qps",
+                                "candidates": n, "target_qps": 500,
+                                **open_loop(stub, request, 500, open_seconds), "model": source})
+
+            # overhead: round trip vs the same signature called in this process
+            x = np.arange(8, dtype=np.float32)
+            loaded = tf.saved_model.load(str(trivial_path / "1"))
+            fn = loaded.signatures["serving_default"]
+            in_proc, _ = closed_loop(lambda: fn(x=tf.constant(x))["y"].numpy(), n_requests)
+            request = grpc_request("trivial", {"x": x})
+            via_grpc, grpc_rate = closed_loop(lambda: stub.Predict(request, timeout=10),
+                                              n_requests)
+            body = rest_body({"x": x})
+            via_rest, rest_rate = closed_loop(
+                lambda: rest.post("/v1/models/trivial:predict", body), n_requests)
+            base = _percentiles(in_proc)
+            for name, samples, rate in (("grpc", via_grpc, grpc_rate),
+                                        ("rest", via_rest, rest_rate)):
+                stats = _percentiles(samples)
+                records.append({"bench": f"server_overhead_trivial_{name}", **stats,
+                                "ops_per_s": round(rate, 1),
+                                "in_process_p50_ms": base["p50_ms"],
+                                "in_process_p99_ms": base["p99_ms"],
+                                "overhead_p50_ms": round(stats["p50_ms"] - base["p50_ms"], 3),
+                                "ratio_p50": round(stats["p50_ms"] / base["p50_ms"], 1)})
+            channel.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    _print(records)
+    return records
+
+
+def _print(records: list[dict]) -> None:
+    keys = ("bench", "p50_ms", "p99_ms", "ops_per_s", "errors", "overhead_p50_ms", "ratio_p50")
+    print(" | ".join(f"{k:>14}" if k != "bench" else f"{k:<40}" for k in keys))
+    for record in records:
+        print(" | ".join(f"{str(record.get(k, '')):>14}" if k != "bench" else f"{record[k]:<40}"
+                         for k in keys))
+    models = {r["model"] for r in records if "model" in r}
+    for model in models:
+        print(f"head model: {model}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__.split(
+        "\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run (< 1 min)")
+    args = parser.parse_args()
+    run(quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()
