@@ -61,8 +61,7 @@ def open_store(config: dict):
         return InterestStore.from_url(config["url"], cluster=config["cluster"],
                                       namespace=config["namespace"], dtype=config["dtype"])
     except StoreError as err:
-        raise JobError(f"{err} (start Redis with `make redis-start` or pass --redis_url)"
-                       ) from None
+        raise JobError(str(err)) from None
 
 
 def check_export(saved_models: str | os.PathLike, model: str, version: int | None,

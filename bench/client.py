@@ -67,17 +67,17 @@ def _cell(scorer, arch: str, n: int, requests: int, rng) -> dict:
     for i in range(20):  # warm up connections and the pointer cache
         scorer.score(i % USERS, items, cates, arch=arch)
     parts: dict[str, list[float]] = {"redis": [], "build": [], "rpc": [], "total": []}
-    statuses = set()
+    statuses: dict[str, int] = {}
     start = time.perf_counter()
     for _ in range(requests):
         r = scorer.score(int(rng.integers(0, USERS)), items, cates, arch=arch)
-        statuses.add(r.status.value)
+        statuses[r.status.value] = statuses.get(r.status.value, 0) + 1
         for key in parts:
             parts[key].append(getattr(r, f"{key}_ms") / 1e3)
     elapsed = time.perf_counter() - start
     record = {"bench": "client_request", "transport": scorer.transport.name, "arch": arch,
               "candidates": n, "requests": requests, "req_per_s": round(requests / elapsed, 1),
-              "statuses": ",".join(sorted(statuses))}
+              "statuses": ",".join(f"{k}:{v}" for k, v in sorted(statuses.items()))}
     for key, values in parts.items():
         pct = percentiles_ms(values)
         record[f"{key}_p50_ms"] = pct["p50_ms"]
@@ -115,7 +115,7 @@ def run(quick: bool = False) -> list[dict]:
                                       ("rest", f"127.0.0.1:{server.rest_port}")):
                 with Scorer(MODEL, redis_url=redis_server.url, server=target,
                             transport=transport, history_length=HISTORY,
-                            deadline_ms=5000) as scorer:
+                            deadline_ms=5000, redis_timeout_ms=1000) as scorer:
                     for arch in ("B", "A"):
                         for n in (1, 100):
                             rec = _cell(scorer, arch, n, requests, rng)
@@ -140,7 +140,7 @@ def run(quick: bool = False) -> list[dict]:
 def _print(records: list[dict]) -> None:
     cols = ("transport", "arch", "candidates", "redis_p50_ms", "redis_p99_ms", "build_p50_ms",
             "build_p99_ms", "rpc_p50_ms", "rpc_p99_ms", "total_p50_ms", "total_p99_ms",
-            "req_per_s")
+            "req_per_s", "statuses")
     rows = [r for r in records if r["bench"] == "client_request"]
     if rows:
         print(f"client cost per request ({rows[0]['models']}, state size "

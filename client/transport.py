@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 
@@ -182,6 +183,9 @@ class RestTransport(_Retrying):
             if conn.sock is None:
                 conn.timeout = timeout
                 conn.connect()
+                # http.client sends headers and body in two writes: without NODELAY, Nagle
+                # holds the body until the server's delayed ACK (~40 ms) of the headers
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.sock.settimeout(timeout)
             conn.request("POST", path, body, {"Content-Type": "application/json"})
             response = conn.getresponse()
