@@ -1,0 +1,70 @@
+"""`make bench`: every benchmark in one run, one report.
+
+    python -m bench [--quick] [--only store,models,server,beam,client,archab] [--duration S]
+
+Component benchmarks (store reads, step vs tower, head vs full, server overhead, backfill and
+stream freshness, client cost) run first, one after another so that they do not share the
+two cores; then the Architecture A vs B load test. Results go to bench_results/report.json,
+report.md and latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+import traceback
+from pathlib import Path
+
+from bench import archab
+from bench.report import write_report
+
+COMPONENTS = ("store", "models", "server", "beam", "client")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (a few minutes in all)")
+    parser.add_argument("--only", default=",".join(COMPONENTS + ("archab",)),
+                        help="comma-separated subset of: " + ", ".join(COMPONENTS + ("archab",)))
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds per A/B cell (default 10, quick 3)")
+    parser.add_argument("--out", default="bench_results", help="report folder (bench_results)")
+    args = parser.parse_args(argv)
+    wanted = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = sorted(set(wanted) - set(COMPONENTS) - {"archab"})
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {COMPONENTS + ('archab',)}")
+
+    components: dict[str, list[dict]] = {}
+    failures = []
+    t0 = time.perf_counter()
+    for name in COMPONENTS:
+        if name not in wanted:
+            continue
+        print(f"\n=== bench.{name} ===", flush=True)
+        try:
+            components[name] = importlib.import_module(f"bench.{name}").run(quick=args.quick)
+        except Exception:  # one broken benchmark must not lose the others' figures
+            traceback.print_exc()
+            failures.append(name)
+    cells: list[dict] = []
+    if "archab" in wanted:
+        print("\n=== bench.archab (Architecture A vs B) ===", flush=True)
+        try:
+            cells = archab.run(quick=args.quick, duration_s=args.duration)
+        except Exception:
+            traceback.print_exc()
+            failures.append("archab")
+    summary = archab.summarize(cells)
+    summary["total_seconds"] = round(time.perf_counter() - t0, 1)
+    if failures:
+        summary["failed"] = ",".join(failures)
+    paths = write_report(Path(args.out), cells, components, summary)
+    print(f"\nreport: {paths['json']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else ""))
+    print(summary)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""`make demo`: the whole system end to end on built-in synthetic data, in one command.
+
+Steps: start an embedded Redis -> generate synthetic behaviour logs -> train small DIEN, MIMN
+and the Embedding&MLP baseline -> export version 1 -> start the model server with the
+generated models.config -> backfill every user's interest state with the Beam batch job ->
+start the Beam streaming jobs -> push live events for a few users and show their scores
+move -> score requests through the client both ways (A: behaviours + full model, B: state +
+head) -> stop everything it started.
+
+Every step runs the same CLI a user would run (shown before it runs), so the demo doubles
+as a walkthrough of the commands in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+PY = sys.executable
+MODELS = ("dien", "mimn")
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def _env() -> dict:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+
+
+def run_cli(title: str, args: list[str], *, quiet: bool = False) -> None:
+    """Run `python -m ...` in the foreground, echoing the command and its output."""
+    console.rule(f"[bold cyan]{title}")
+    console.print(f"[dim]$ python {shlex.join(args)}[/dim]")
+    t0 = time.perf_counter()
+    proc = subprocess.run([PY, *args], env=_env(),
+                          stdout=subprocess.PIPE if quiet else None,
+                          stderr=subprocess.STDOUT if quiet else None, text=True)
+    if proc.returncode != 0:
+        if quiet and proc.stdout:
+            console.print(proc.stdout[-4000:])
+        raise DemoError(f"step failed ({title}): exit code {proc.returncode}")
+    console.print(f"[green]done in {time.perf_counter() - t0:.1f} s[/green]")
+
+
+@contextlib.contextmanager
+def background(args: list[str], log_path: Path):
+    """A CLI in the background (the streaming jobs), stopped with SIGINT then SIGKILL."""
+    console.print(f"[dim]$ python {shlex.join(args)} &  (log: {log_path})[/dim]")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([PY, *args], env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def read_catalog(events_path: Path) -> tuple[dict[int, list[int]], dict[int, Counter], int]:
+    """Items per category, category counts per user, and the last event time."""
+    from tf_models.data import read_events
+
+    items_by_cat: dict[int, set] = defaultdict(set)
+    user_cats: dict[int, Counter] = defaultdict(Counter)
+    last_ts = 0
+    for ev in read_events(events_path):
+        if len(items_by_cat[ev.category_id]) < 50:
+            items_by_cat[ev.category_id].add(ev.item_id)
+        user_cats[ev.user_id][ev.category_id] += 1
+        last_ts = max(last_ts, ev.event_time_ms)
+    return {c: sorted(s) for c, s in items_by_cat.items()}, user_cats, last_ts
+
+
+def wait_for_events(store, model: str, user_id: int, target: int, timeout: float) -> float:
+    """Poll until the user's state has applied `target` events; returns seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        rec = store.read_state(model, 1, user_id)
+        if rec is not None and rec.events_applied >= target:
+            return time.perf_counter() - t0
+        time.sleep(0.05)
+    raise DemoError(f"{model} state of user {user_id} did not reach {target} events in "
+                    f"{timeout:.0f} s; see the stream job's log")
+
+
+def live_events(store, redis_client, scorers, events_path: Path, n_users: int, burst: int):
+    """Push a burst of events in a new category for a few users; show scores before/after."""
+    from beam_jobs import DEFAULT_STREAM
+    from beam_jobs.produce import produce
+    from uic.events import Event
+
+    items_by_cat, user_cats, last_ts = read_catalog(events_path)
+    rich_cats = [c for c, items in items_by_cat.items() if len(items) >= 5]
+    users = sorted(user_cats, key=lambda u: -sum(user_cats[u].values()))[:n_users]
+    for k, user in enumerate(users):
+        top = user_cats[user].most_common(1)[0][0]
+        new_cat = next(c for c in rich_cats if user_cats[user][c] == 0 and c != top)
+        cands_items = items_by_cat[top][:5] + items_by_cat[new_cat][:5]
+        cands_cates = [top] * 5 + [new_cat] * 5
+        before = {m: scorers[m].score(user, cands_items, cands_cates) for m in MODELS}
+        applied = {m: before[m].events_applied or 0 for m in MODELS}
+        payloads = [
+            Event(user, items_by_cat[new_cat][j % len(items_by_cat[new_cat])], new_cat, "pv",
+                  last_ts + 60_000 * (k + 1) + 1000 * j, f"live-{user}-{j}").to_json()
+            for j in range(burst)]
+        t_push = time.perf_counter()
+        produce(redis_client, DEFAULT_STREAM, payloads, rate=0.0, progress=False)
+        waited = {m: wait_for_events(store, m, user, applied[m] + burst, 60) for m in MODELS}
+        after = {m: scorers[m].score(user, cands_items, cands_cates) for m in MODELS}
+        table = Table(title=f"user {user}: {burst} live clicks in category {new_cat} "
+                            f"(their usual category is {top})")
+        table.add_column("candidate item")
+        table.add_column("category")
+        for m in MODELS:
+            table.add_column(f"{m} before")
+            table.add_column(f"{m} after")
+        for j, (item, cate) in enumerate(zip(cands_items, cands_cates, strict=True)):
+            row = [str(item), f"{cate} ({'usual' if cate == top else 'new'})"]
+            for m in MODELS:
+                b, a = float(before[m].scores[j]), float(after[m].scores[j])
+                color = "green" if a > b else "red"
+                row += [f"{b:.3f}", f"[{color}]{a:.3f}[/{color}]"]
+            table.add_row(*row)
+        console.print(table)
+        console.print("state visible after: " + ", ".join(
+            f"{m} {waited[m] * 1000:.0f} ms" for m in MODELS) +
+            f" (push to readable, {time.perf_counter() - t_push:.2f} s for both)")
+
+
+def latency_comparison(scorers_a, scorers_b, user_ids, items_by_cat, n_requests: int):
+    rng = np.random.default_rng(0)
+    cats = [c for c, items in items_by_cat.items() if items]
+    table = Table(title=f"Client latency, {n_requests} sequential requests x 100 candidates")
+    for col in ("architecture", "model", "served model", "p50 ms", "p99 ms", "redis ms (p50)",
+                "rpc ms (p50)"):
+        table.add_column(col)
+    rows = [("A: behaviours + full", "dien", scorers_a["dien"]),
+            ("B: state + head", "dien", scorers_b["dien"]),
+            ("B: state + head", "mimn", scorers_b["mimn"])]
+    for label, model, scorer in rows:
+        totals, redis_ms, rpc_ms = [], [], []
+        for i in range(n_requests):
+            cand_cates = rng.choice(cats, 100)
+            cand_items = [items_by_cat[c][0] for c in cand_cates]
+            res = scorer.score(int(user_ids[i % len(user_ids)]), cand_items, cand_cates)
+            totals.append(res.total_ms)
+            redis_ms.append(res.redis_ms)
+            rpc_ms.append(res.rpc_ms)
+        table.add_row(label, model, res.served_model, f"{np.percentile(totals, 50):.2f}",
+                      f"{np.percentile(totals, 99):.2f}", f"{np.percentile(redis_ms, 50):.2f}",
+                      f"{np.percentile(rpc_ms, 50):.2f}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m uic.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default=".demo", help="where data, runs, exports and logs go "
+                        "(default: .demo; removed and recreated)")
+    parser.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
+    parser.add_argument("--live_users", type=int, default=2, help="users that get live events")
+    parser.add_argument("--burst", type=int, default=15, help="live events per user")
+    parser.add_argument("--requests", type=int, default=200, help="requests per latency row")
+    args = parser.parse_args(argv)
+    if args.users < 50 or args.epochs < 1 or args.live_users < 1 or args.burst < 1:
+        parser.error("--users must be >= 50 and --epochs, --live_users, --burst >= 1")
+
+    import shutil
+
+    from uic.embedded_redis import EmbeddedRedis
+
+    work = Path(args.workdir).resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "logs").mkdir(parents=True)
+    data, runs, exports = work / "data", work / "runs", work / "saved_models"
+    t_start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        console.rule("[bold cyan]1. Redis")
+        redis = stack.enter_context(EmbeddedRedis(data_dir=work / "redis"))
+        console.print(f"redis-server on {redis.url} (data in {work / 'redis'})")
+
+        run_cli("2. Synthetic behaviour logs", ["-m", "tf_models.data.synthetic", "--out", str(data),
+                                                "--users", str(args.users)])
+        for model in ("dien", "mimn", "mlp"):
+            run_cli(f"3. Train {model}", ["-m", "tf_models.train", "--model", model,
+                                          "--data", str(data), "--out", str(runs / model),
+                                          "--epochs", str(args.epochs), "--verbose", "2"])
+        auc = Table(title="Held-out AUC (time-based split)")
+        auc.add_column("model")
+        auc.add_column("AUC")
+        for model in ("mlp", "dien", "mimn"):
+            metrics = json.loads((runs / model / "metrics.json").read_text())
+            auc.add_row(model, f"{metrics.get('eval_auc', metrics.get('auc', float('nan'))):.4f}")
+        console.print(auc)
+        for model in ("dien", "mimn", "mlp"):
+            run_cli(f"4. Export {model} version 1", ["-m", "tf_models.export", "--run",
+                                                     str(runs / model), "--out", str(exports),
+                                                     "--version", "1"], quiet=True)
+
+        console.rule("[bold cyan]5. Model server")
+        from model_server.config import write_models_config
+        from model_server.process import ModelServerProcess
+
+        served = ["dien_head", "dien_full", "mimn_head", "mimn_full"]
+        config = write_models_config(work / "models.config", {n: exports / n for n in served})
+        server = stack.enter_context(ModelServerProcess(
+            [f"--model_config_file={config}"], log_path=work / "logs" / "model_server.log"))
+        console.print(f"serving {served}: gRPC {server.grpc_target}, REST {server.rest_url} "
+                      "(same flags as tensorflow_model_server)")
+
+        events = data / "events.jsonl"
+        for model in MODELS:
+            run_cli(f"6. Backfill {model} states (Beam batch)",
+                    ["-m", "beam_jobs.backfill", "--events", str(events), "--model", model,
+                     "--version", "1", "--saved_models", str(exports), "--redis_url", redis.url,
+                     "--dead_letter", str(work / "logs" / f"dead-{model}.jsonl")])
+
+        console.rule("[bold cyan]7. Streaming jobs")
+        for model in MODELS:
+            stack.enter_context(background(
+                ["-m", "beam_jobs.stream", "--model", model, "--saved_models", str(exports),
+                 "--redis_url", redis.url, "--group", f"uic-{model}", "--start_id", "$",
+                 "--stop_after_seconds", "900"],
+                work / "logs" / f"stream-{model}.log"))
+
+        from client import Scorer
+        from uic.store import InterestStore
+
+        store = InterestStore.from_url(redis.url)
+        scorers_b = {m: stack.enter_context(Scorer(m, redis_url=redis.url, server=server.grpc_target,
+                                                   deadline_ms=5000))
+                     for m in MODELS}
+        scorers_a = {m: stack.enter_context(Scorer(m, redis_url=redis.url, server=server.grpc_target,
+                                                   arch="A", history_length=1000,
+                                                   deadline_ms=30000))
+                     for m in MODELS}
+        time.sleep(3)  # let the streaming jobs create their consumer groups
+        console.rule("[bold cyan]8. Live events change the scores")
+        live_events(store, store.client, scorers_b, events, args.live_users, args.burst)
+
+        console.rule("[bold cyan]9. Architecture A vs B through the client")
+        items_by_cat, user_cats, _ = read_catalog(events)
+        latency_comparison(scorers_a, scorers_b, sorted(user_cats), items_by_cat, args.requests)
+        console.rule("[bold cyan]10. Stopping everything")
+    console.print(f"[bold green]Demo finished in {time.perf_counter() - t_start:.0f} s; "
+                  f"nothing left running. Files are in {work}.")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except DemoError as err:
+        console.print(f"[bold red]demo failed:[/bold red] {err}")
+        raise SystemExit(1) from None
