@@ -50,8 +50,11 @@ class ModelServerProcess:
         self.rest_port = int(_flag_value(args, "rest_api_port")) or None
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.rest_url = f"http://127.0.0.1:{self.rest_port}" if self.rest_port else None
+        # make `-m model_server` importable from any working directory
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.environ.get("PYTHONPATH", "")
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
-                        **(env or {}))
+                        PYTHONPATH=root + (os.pathsep + path if path else ""), **(env or {}))
         self.python = python or sys.executable
         if log_path is None:
             handle, log_path = tempfile.mkstemp(prefix="model_server_", suffix=".log")

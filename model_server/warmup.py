@@ -24,7 +24,8 @@ def read_records(path: Path):
     import tensorflow as tf
 
     try:
-        yield from tf.compat.v1.io.tf_record_iterator(str(path))
+        for record in tf.data.TFRecordDataset(str(path)):
+            yield record.numpy()
     except tf.errors.DataLossError as exc:
         raise ServingError("DATA_LOSS", f"{exc.message}. Please verify your warmup data is in "
                            f"TFRecord format.") from None

@@ -155,9 +155,11 @@ class UICModel(keras.Model):
                 message=f"state and {names[0]} must have the same number of rows",
             )
         )
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(checks):  # no op of the fold runs before the checks
             x = self.embed(item_ids, cate_ids)
-        components, _ = self.fold(self.unpack(state), x, tf.cast(num_events, tf.int32))
+            components = self.unpack(tf.identity(state))
+            num_events = tf.cast(num_events, tf.int32)
+        components, _ = self.fold(components, x, num_events)
         return self.pack(components)
 
     def head(self, state, cand_item_ids, cand_cate_ids):

@@ -105,3 +105,20 @@ def test_batching_parameters_proto_field_numbers():
     assert fields["max_batch_size"] == 1 and fields["batch_timeout_micros"] == 2
     assert fields["max_enqueued_batches"] == 3 and fields["num_batch_threads"] == 4
     assert fields["allowed_batch_sizes"] == 6 and fields["pad_variable_length_inputs"] == 7
+
+
+def test_warmup_replay_and_corrupt_file(server_models, tmp_path):
+    import shutil
+
+    from model_server.servable import load_model
+    from model_server.warmup import WARMUP_FILE, run_warmup
+
+    version = tmp_path / "1"
+    shutil.copytree(server_models["versioned"] / "1", version)
+    loaded = load_model("v", 1, version)
+    assert run_warmup(loaded, iterations=2) == 3
+    (version / WARMUP_FILE).write_bytes(b"\x01\x02 not a tfrecord at all")
+    with pytest.raises(ServingError) as info:
+        run_warmup(loaded)
+    assert info.value.code == "DATA_LOSS"
+    assert "Please verify your warmup data is in TFRecord format" in info.value.message
