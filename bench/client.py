@@ -5,7 +5,8 @@ behaviour lists of length L (architecture A), then sends sequential requests thr
 `client.Scorer` and reports percentiles of the timing breakdown every `ScoreResult` carries:
 `redis_ms` (state or behaviour read; the active pointer is cached for 1 s), `build_ms`
 (numpy -> PredictRequest / JSON body), `rpc_ms` (send, server work, decode), `total_ms`.
-The rows for gRPC and REST, A and B, 1 and 100 candidates run side by side in one run.
+The cells (gRPC and REST, A and B, 1 and 100 candidates) run side by side: round-robin, one
+request per cell per round, so drifting machine load affects them alike.
 
 Models: the exports in `saved_models/` when `dien_head` and `dien_full` are there (trained,
 real size), else tiny untrained exports written to a temporary folder.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -61,30 +61,38 @@ def _seed(store, version: int, state_size: int, rng) -> None:
     store.set_active_version(MODEL, version)
 
 
-def _cell(scorer, arch: str, n: int, requests: int, rng) -> dict:
-    items = rng.integers(1, 10**6, n)
-    cates = rng.integers(1, 1000, n)
+def _measure(scorers: dict, requests: int, rng) -> list[dict]:
+    """Round-robin over every (transport, arch, candidates) cell, one request each per
+    round, so drifting machine load hits all cells alike."""
+    cells = [(t, arch, n) for t in scorers for arch in ("B", "A") for n in (1, 100)]
+    cands = {n: (rng.integers(1, 10**6, n), rng.integers(1, 1000, n)) for n in (1, 100)}
     for i in range(20):  # warm up connections and the pointer cache
-        scorer.score(i % USERS, items, cates, arch=arch)
-    parts: dict[str, list[float]] = {"redis": [], "build": [], "rpc": [], "total": []}
-    statuses: dict[str, int] = {}
-    start = time.perf_counter()
+        for t, arch, n in cells:
+            scorers[t].score(i % USERS, *cands[n], arch=arch)
+    parts = {c: {"redis": [], "build": [], "rpc": [], "total": []} for c in cells}
+    statuses: dict = {c: {} for c in cells}
     for _ in range(requests):
-        r = scorer.score(int(rng.integers(0, USERS)), items, cates, arch=arch)
-        statuses[r.status.value] = statuses.get(r.status.value, 0) + 1
-        for key in parts:
-            parts[key].append(getattr(r, f"{key}_ms") / 1e3)
-    elapsed = time.perf_counter() - start
-    record = {"bench": "client_request", "transport": scorer.transport.name, "arch": arch,
-              "candidates": n, "requests": requests, "req_per_s": round(requests / elapsed, 1),
-              "statuses": ",".join(f"{k}:{v}" for k, v in sorted(statuses.items()))}
-    for key, values in parts.items():
-        pct = percentiles_ms(values)
-        record[f"{key}_p50_ms"] = pct["p50_ms"]
-        record[f"{key}_p99_ms"] = pct["p99_ms"]
-    record["client_share_p50"] = round(
-        (record["redis_p50_ms"] + record["build_p50_ms"]) / record["total_p50_ms"], 3)
-    return record
+        user = int(rng.integers(0, USERS))
+        for cell in cells:
+            t, arch, n = cell
+            r = scorers[t].score(user, *cands[n], arch=arch)
+            statuses[cell][r.status.value] = statuses[cell].get(r.status.value, 0) + 1
+            for key, values in parts[cell].items():
+                values.append(getattr(r, f"{key}_ms") / 1e3)
+    records = []
+    for cell in cells:
+        t, arch, n = cell
+        record = {"bench": "client_request", "transport": t, "arch": arch, "candidates": n,
+                  "requests": requests,
+                  "statuses": ",".join(f"{k}:{v}" for k, v in sorted(statuses[cell].items()))}
+        for key, values in parts[cell].items():
+            pct = percentiles_ms(values)
+            record[f"{key}_p50_ms"] = pct["p50_ms"]
+            record[f"{key}_p99_ms"] = pct["p99_ms"]
+        record["client_share_p50"] = round(
+            (record["redis_p50_ms"] + record["build_p50_ms"]) / record["total_p50_ms"], 3)
+        records.append(record)
+    return records
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -97,7 +105,6 @@ def run(quick: bool = False) -> list[dict]:
 
     requests = 200 if quick else 2000
     rng = np.random.default_rng(0)
-    records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_client_") as tmp:
         tmp = Path(tmp)
         root, version, source = _exports(tmp)
@@ -111,17 +118,18 @@ def run(quick: bool = False) -> list[dict]:
             store = InterestStore.from_url(redis_server.url)
             _seed(store, version, state_size, rng)
             store.client.close()
-            for transport, target in (("grpc", server.grpc_target),
-                                      ("rest", f"127.0.0.1:{server.rest_port}")):
-                with Scorer(MODEL, redis_url=redis_server.url, server=target,
-                            transport=transport, history_length=HISTORY,
-                            deadline_ms=5000, redis_timeout_ms=1000) as scorer:
-                    for arch in ("B", "A"):
-                        for n in (1, 100):
-                            rec = _cell(scorer, arch, n, requests, rng)
-                            rec.update(model=MODEL, state_size=state_size, history=HISTORY,
-                                       models=source)
-                            records.append(rec)
+            scorers = {t: Scorer(MODEL, redis_url=redis_server.url, server=target,
+                                 transport=t, history_length=HISTORY, deadline_ms=5000,
+                                 redis_timeout_ms=1000)
+                       for t, target in (("grpc", server.grpc_target),
+                                         ("rest", f"127.0.0.1:{server.rest_port}"))}
+            try:
+                records = _measure(scorers, requests, rng)
+            finally:
+                for scorer in scorers.values():
+                    scorer.close()
+            for rec in records:
+                rec.update(model=MODEL, state_size=state_size, history=HISTORY, models=source)
     by = {(r["transport"], r["arch"], r["candidates"]): r for r in records}
     for n in (1, 100):
         records.append({
@@ -140,7 +148,7 @@ def run(quick: bool = False) -> list[dict]:
 def _print(records: list[dict]) -> None:
     cols = ("transport", "arch", "candidates", "redis_p50_ms", "redis_p99_ms", "build_p50_ms",
             "build_p99_ms", "rpc_p50_ms", "rpc_p99_ms", "total_p50_ms", "total_p99_ms",
-            "req_per_s", "statuses")
+            "statuses")
     rows = [r for r in records if r["bench"] == "client_request"]
     if rows:
         print(f"client cost per request ({rows[0]['models']}, state size "

@@ -158,6 +158,36 @@ def test_redis_stopped_during_a_run_degrades_then_recovers(server, expected, tmp
         redis_server.stop()
 
 
+BUSY_LUA = """
+local t = redis.call('TIME')
+local stop = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
+repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= stop
+return 1
+"""
+
+
+def test_slow_redis_degrades_then_recovers(server, expected, seeded_store, redis_url):
+    """Redis busy (a Lua script blocks it for 0.6 s) is 'slow': the read times out."""
+    import redis as redis_py
+
+    with Scorer("dien", redis_url=redis_url, server=server.grpc_target, deadline_ms=5000,
+                redis_timeout_ms=50, redis_retry_after_s=0.05) as scorer:
+        assert scorer.score(11, CAND_ITEMS, CAND_CATES).status == ScoreStatus.FRESH
+        blocker = redis_py.Redis.from_url(redis_url)
+        thread = threading.Thread(target=blocker.eval, args=(BUSY_LUA, 0, 600_000))
+        thread.start()
+        time.sleep(0.1)
+        r = scorer.score(11, CAND_ITEMS, CAND_CATES)
+        thread.join()
+        blocker.close()
+        assert r.status == ScoreStatus.DEGRADED and "Timeout" in r.reason, r
+        assert_close(r.scores, expected.cold_scores[("dien", 1)])
+        time.sleep(0.1)
+        r = scorer.score(11, CAND_ITEMS, CAND_CATES)
+        assert r.status == ScoreStatus.FRESH
+        assert_close(r.scores, expected.scores[("dien", 1, 11)])
+
+
 def test_redis_down_before_anything_is_known_is_a_clear_error(server):
     with EmbeddedRedis() as r:
         url = r.url
