@@ -7,8 +7,8 @@ module alone decides how they are presented.
 from __future__ import annotations
 
 import json
-import platform
 import os
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 
