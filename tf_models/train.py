@@ -80,7 +80,7 @@ def train(args) -> dict:
         f"{data.num_events} events, state size {model.state_size}",
         flush=True,
     )
-    history = model.fit(train_ds, epochs=args.epochs, verbose=args.verbose)
+    history = model.fit(train_ds, epochs=args.epochs, verbose=args.verbose, shuffle=False)  # ds shuffles
     fit_seconds = time.time() - started
     scores = model.predict(eval_ds, verbose=0)
     labels = data.eval.label
