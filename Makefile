@@ -80,5 +80,5 @@ rollout: setup
 	    --saved_models $(MODELS) --redis_url $(REDIS_URL)
 
 clean:
-	rm -rf $(VENV) .redis runs data dead_letter bench_results/tmp .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .redis .demo runs data dead_letter bench_results/tmp .pytest_cache .hypothesis build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

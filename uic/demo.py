@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -29,7 +30,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
+# TensorFlow's C++ start-up chatter (absl logs cannot be silenced by TF_CPP_MIN_LOG_LEVEL in
+# TF 2.21) and Beam's optional-module warnings: filtered from the demo's output only.
+NOISE = re.compile(rb"^(WARNING: All log messages before absl|[IWE]0000 \d|To enable the following "
+                   rb"instructions|WARNING:root:(apitools not found|Resource module))")
 PY = sys.executable
 MODELS = ("dien", "mimn")
 
@@ -47,14 +52,51 @@ def run_cli(title: str, args: list[str], *, quiet: bool = False) -> None:
     console.rule(f"[bold cyan]{title}")
     console.print(f"[dim]$ python {shlex.join(args)}[/dim]")
     t0 = time.perf_counter()
-    proc = subprocess.run([PY, *args], env=_env(),
-                          stdout=subprocess.PIPE if quiet else None,
-                          stderr=subprocess.STDOUT if quiet else None, text=True)
-    if proc.returncode != 0:
-        if quiet and proc.stdout:
-            console.print(proc.stdout[-4000:])
+    proc = subprocess.Popen([PY, *args], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    kept = _copy_filtered(proc.stdout, None if quiet else sys.stdout.buffer)
+    if proc.wait() != 0:
+        if quiet:
+            sys.stdout.buffer.write(kept[-4000:])
         raise DemoError(f"step failed ({title}): exit code {proc.returncode}")
     console.print(f"[green]done in {time.perf_counter() - t0:.1f} s[/green]")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow (pulled in by the model-server config helpers) with file descriptor 2
+    pointed at /dev/null, so its C++ start-up chatter does not land in the middle of a step."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def _copy_filtered(stream, out) -> bytes:
+    """Copy a child's output to `out` as it comes (progress bars included, since segments end
+    at \\r as well as \\n), dropping NOISE lines; returns what was kept."""
+    kept, pending = bytearray(), b""
+    while chunk := stream.read1(65536):
+        pending += chunk
+        parts = re.split(rb"(?<=[\r\n])", pending)
+        pending = parts.pop()
+        for part in parts:
+            if not NOISE.match(part):
+                kept += part
+                if out is not None:
+                    out.write(part)
+                    out.flush()
+    if pending and not NOISE.match(pending):
+        kept += pending
+        if out is not None:
+            out.write(pending)
+            out.flush()
+    return bytes(kept)
 
 
 @contextlib.contextmanager
@@ -189,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from uic.embedded_redis import EmbeddedRedis
 
+    _import_tensorflow_quietly()
     work = Path(args.workdir).resolve()
     if work.exists():
         shutil.rmtree(work)

@@ -35,15 +35,26 @@ class InterestEvolution(keras.layers.Layer):
         steps = facts.shape[1]
         if steps is None:
             raise ValueError(f"InterestEvolution needs a static sequence length, got {facts.shape}")
-        projected = self.cell.project(facts)  # [F, K, 3H]
-        rows = tf.shape(attention)[0]
-        h = tf.zeros([rows, self.units], dtype=facts.dtype)
-        mask = tf.broadcast_to(mask, tf.shape(attention))
-        width = 3 * self.units
+        units = self.units
+        projected = self.cell.project(facts)  # [F, K, 3H], once for all N rows when F = 1
+        if facts.shape[0] == 1:
+            projected = projected[0]  # [K, 3H]: per step a [3H] row shared by the N rows
+        # Split and unstack once (not per step): per step only the [N, H] recurrence runs.
+        gate_in, candidate_in = tf.split(projected, [2 * units, units], axis=-1)
+        gate_in = tf.unstack(gate_in, axis=-2)  # K x [2H] or K x [F, 2H]
+        candidate_in = tf.unstack(candidate_in, axis=-2)
+        valid = tf.cast(mask, attention.dtype)  # [F, K]
+        if self.form == "paper":
+            # u' = (a * valid) * u: a masked step has u' = 0, so h is carried through exactly
+            scores = tf.unstack((attention * valid)[:, :, None], axis=1)  # K x [N, 1]
+            valids = [None] * steps
+        else:
+            scores = tf.unstack(attention[:, :, None], axis=1)
+            valids = tf.unstack(valid[:, :, None], axis=1)  # K x [F, 1]
+        kernels = self.cell.recurrent_kernels()
+        h = None  # the zero state h'_0
         for k in range(steps):
-            x_k = tf.broadcast_to(projected[:, k, :], [rows, width])
-            h_new = self.cell.recur(x_k, h, attention[:, k])
-            h = tf.where(mask[:, k : k + 1], h_new, h)
+            h = self.cell.step(gate_in[k], candidate_in[k], h, scores[k], valids[k], kernels)
         return h
 
     def get_config(self):

@@ -73,19 +73,33 @@ class DinAttention(keras.layers.Layer):
     def call(self, query, facts, mask):
         if self.project_query:
             query = self.query_prelu(self.query_dense(query))
-        q = query[:, None, :]  # [N, 1, H]
-        z = tf.sigmoid(
-            tf.matmul(q, self.w_query)
-            + tf.matmul(facts, self.w_fact)
-            + tf.matmul(q * facts, self.w_product)
-            + self.b_first
-        )  # [N, K, units0]
+        if facts.shape[0] == 1:
+            z = self._first_layer_shared(query, facts[0])
+        else:
+            q = query[:, None, :]  # [N, 1, H]
+            z = tf.sigmoid(
+                tf.matmul(q, self.w_query)
+                + tf.matmul(facts, self.w_fact)
+                + tf.matmul(q * facts, self.w_product)
+                + self.b_first
+            )  # [N, K, units0]
         for layer in self.hidden:
             z = layer(z)
         scores = tf.squeeze(self.score(z), -1)  # [N, K]
         mask = tf.broadcast_to(mask, tf.shape(scores))
         weights = tf.nn.softmax(tf.where(mask, scores, _MASKED), axis=-1)
         return tf.where(mask, weights, tf.zeros_like(weights))
+
+    def _first_layer_shared(self, query, facts):
+        """First layer for one facts row [K, H] shared by the N queries [N, H]: the query
+        part is [N, units] and the fact part (with the bias) [K, units]; only the product
+        term is computed for all N * K pairs, as one [N*K, H] x [H, units] matmul."""
+        first = self.units[0]
+        rows, steps, width = tf.shape(query)[0], tf.shape(facts)[0], tf.shape(facts)[1]
+        product = tf.reshape(query[:, None, :] * facts[None, :, :], [-1, width])
+        pre = tf.reshape(tf.matmul(product, self.w_product), [rows, steps, first])
+        shared = tf.matmul(facts, self.w_fact) + self.b_first  # [K, units]
+        return tf.sigmoid(pre + tf.matmul(query, self.w_query)[:, None, :] + shared)
 
     def get_config(self):
         return {**super().get_config(), "units": list(self.units), "project_query": self.project_query}

@@ -53,13 +53,44 @@ class GRUCell(keras.layers.Layer):
         return tf.matmul(x, self.kernel) + self.bias
 
     def recur(self, x_proj, h, attention=None):
+        gate_in, candidate_in = tf.split(x_proj, [2 * self.units, self.units], axis=-1)
+        return self.step(gate_in, candidate_in, h, attention)
+
+    def recurrent_kernels(self):
+        """The two recurrent kernels as tensors: read once by a caller running many steps."""
+        return tf.convert_to_tensor(self.recurrent_gates), tf.convert_to_tensor(self.recurrent_candidate)
+
+    def step(self, gate_in, candidate_in, h, attention=None, valid=None, kernels=None):
+        """`recur` with the projected input already split into its gate part [.., 2H] and
+        candidate part [.., H], so a caller running many steps splits once, not per step.
+
+        * ``h=None`` means the zero state: the recurrent matmuls are skipped (the same
+          result, since ``0 @ U = 0``).
+        * Rank-1 inputs ([2H], [H]: one row shared by all B rows) are added with
+          ``bias_add``, which grappler fuses into the matmul.
+        * ``valid`` [B, 1] (1.0 or 0.0) multiplies the update gate: 0 leaves ``h``
+          bit-for-bit unchanged (``(1 - 0) h + 0 h~ = h``) without a select op.
+        * ``attention`` is [B] or [B, 1]; ``kernels`` = `recurrent_kernels()` if read already.
+        """
         units = self.units
-        gates = tf.sigmoid(x_proj[..., : 2 * units] + tf.matmul(h, self.recurrent_gates))
-        u, r = gates[..., :units], gates[..., units:]
-        candidate = tf.tanh(x_proj[..., 2 * units :] + tf.matmul(r * h, self.recurrent_candidate))
+        u_gates, u_candidate = kernels if kernels is not None else self.recurrent_kernels()
+
+        def plus(x, inputs):
+            return tf.nn.bias_add(x, inputs) if inputs.shape.rank == 1 else x + inputs
+
+        if h is None:
+            u = tf.sigmoid(gate_in[..., :units])
+            candidate = tf.tanh(candidate_in)
+        else:
+            u, r = tf.split(tf.sigmoid(plus(tf.matmul(h, u_gates), gate_in)), 2, axis=-1)
+            candidate = tf.tanh(plus(tf.matmul(r * h, u_candidate), candidate_in))
         if attention is not None:
-            a = tf.reshape(attention, [-1, 1])
+            a = attention if attention.shape.rank == 2 else tf.reshape(attention, [-1, 1])
             u = a * u if self.form == "paper" else 1.0 - (1.0 - a) * (1.0 - u)
+        if valid is not None:
+            u = valid * u
+        if h is None:
+            return u * candidate
         return (1.0 - u) * h + u * candidate
 
     def call(self, x, h, attention=None):
