@@ -50,12 +50,63 @@ def _tensor_spec(spec, state_size: int) -> tf.TensorSpec:
     return tf.TensorSpec(dims, tf.as_dtype(spec.dtype), name=spec.name)
 
 
-def part_function(model: UICModel, part: str):
+XLA_BLOCK = 50  # candidates per XLA-compiled block of the served head (0: plain TF graph)
+
+
+def blocked_head(model: UICModel, block: int):
+    """`model.head` for a one-row state, scoring the candidates in blocks of `block` through
+    one XLA-compiled function of static shape (so XLA compiles once per model, not once per
+    candidate count: a DIEN head takes seconds to compile).
+
+    The candidates are padded with id 0 to a multiple of `block` and the padding scores are
+    dropped; a candidate's score does not depend on the other rows, so the real ones are the
+    plain head's (up to float rounding in XLA's fused kernels, ~1e-7). XLA drops `Assert`
+    ops, so the input check runs here, outside the compiled block."""
+    spec = [tf.TensorSpec([1, model.state_size], tf.float32),
+            tf.TensorSpec([block], tf.int64), tf.TensorSpec([block], tf.int64)]
+    core = tf.function(model.head, input_signature=spec, jit_compile=True)
+
+    def head(state, cand_item_ids, cand_cate_ids):
+        check = tf.debugging.assert_equal(
+            tf.shape(cand_item_ids), tf.shape(cand_cate_ids),
+            message="cand_item_ids and cand_cate_ids must have the same length",
+        )
+        with tf.control_dependencies([check]):
+            count = tf.shape(cand_item_ids)[0]
+            state = tf.reshape(state, [1, model.state_size])
+        padding = [[0, tf.math.floormod(-count, block)]]
+        items = tf.reshape(tf.pad(cand_item_ids, padding), [-1, block])
+        cates = tf.reshape(tf.pad(cand_cate_ids, padding), [-1, block])
+        ctr = tf.map_fn(lambda ids: core(state, ids[0], ids[1]), (items, cates),
+                        fn_output_signature=tf.TensorSpec([block], tf.float32),
+                        parallel_iterations=1)
+        return tf.reshape(ctr, [-1])[:count]
+
+    return head
+
+
+def _serving_method(model: UICModel, part: str, xla_block: int):
+    """The Python function behind one part's signature: the model's method, or for `head`
+    and `full` (one state row) the XLA-blocked head when `xla_block` > 0."""
+    if xla_block <= 0 or part not in ("head", "full"):
+        return getattr(model, part)
+    head = blocked_head(model, xla_block)
+    if part == "head":
+        return head
+
+    def full(hist_item_ids, hist_cate_ids, hist_len, cand_item_ids, cand_cate_ids):
+        return head(model.tower(hist_item_ids, hist_cate_ids, hist_len), cand_item_ids, cand_cate_ids)
+
+    return full
+
+
+def part_function(model: UICModel, part: str, xla_block: int = 0):
     """`model.<part>` as a tf.function with the contract's input signature (positional
-    arguments in contract order, named as in the contract); returns {output name: tensor}."""
+    arguments in contract order, named as in the contract); returns {output name: tensor}.
+    `xla_block` > 0 serves `head`/`full` through `blocked_head` (what exports do)."""
     inputs, outputs = SIGNATURES[part]
     specs = [_tensor_spec(s, model.state_size) for s in inputs]
-    method = getattr(model, part)
+    method = _serving_method(model, part, xla_block)
     out_name = outputs[0].name
     names = [s.name for s in inputs]
     namespace = {"method": method, "out_name": out_name}
@@ -71,10 +122,10 @@ def part_function(model: UICModel, part: str):
 class _PartModule(tf.Module):
     """Holds the Keras model (so its variables are saved) and one serving function."""
 
-    def __init__(self, model: UICModel, part: str):
+    def __init__(self, model: UICModel, part: str, xla_block: int):
         super().__init__(name=f"{model.model_name}_{part}")
         self.model = model
-        self.serve = part_function(model, part)
+        self.serve = part_function(model, part, xla_block)
 
 
 def _example_inputs(part: str, state_size: int, rows: int, length: int, rng) -> dict[str, np.ndarray]:
@@ -131,9 +182,14 @@ def metadata_for(model: UICModel, version: int) -> ExportMetadata:
     )
 
 
-def save_part(model: UICModel, part: str, target: Path, version: int) -> Path:
+def save_part(model: UICModel, part: str, target: Path, version: int,
+              xla_block: int | None = None) -> Path:
     """Write one part to `target` atomically (temp dir + rename), so a server polling the
-    base path never sees a half-written version."""
+    base path never sees a half-written version. `xla_block` (default `XLA_BLOCK`): see
+    `blocked_head`; 0 exports the plain TF graph."""
+    xla_block = XLA_BLOCK if xla_block is None else int(xla_block)
+    if xla_block < 0:
+        raise ValueError(f"xla_block must be >= 0 (0 disables XLA), got {xla_block}")
     target = Path(target)
     if target.exists():
         raise FileExistsError(
@@ -142,7 +198,7 @@ def save_part(model: UICModel, part: str, target: Path, version: int) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        module = _PartModule(model, part)
+        module = _PartModule(model, part, xla_block)
         tf.saved_model.save(
             module, str(tmp), signatures={SIGNATURE_NAME: module.serve.get_concrete_function()}
         )
@@ -164,9 +220,11 @@ def export_model(
     trained: UICModel | None = None,
     seed: int = 0,
     parts=PARTS,
+    xla_block: int | None = None,
 ) -> dict[str, Path]:
     """Export `trained` (or a freshly initialised model built from `config` and `seed`) as
-    ``<out_root>/<model>_<part>/<version>/`` for each part. Returns {part: path}."""
+    ``<out_root>/<model>_<part>/<version>/`` for each part. Returns {part: path}.
+    `xla_block`: candidates per XLA-compiled head block (default `XLA_BLOCK`; 0: no XLA)."""
     if trained is not None:
         if trained.model_name != model_name:
             raise ValueError(f"trained model is {trained.model_name!r}, asked to export {model_name!r}")
@@ -177,7 +235,8 @@ def export_model(
     if unknown:
         raise ValueError(f"unknown part(s) {unknown}; expected some of {list(PARTS)}")
     return {
-        part: save_part(model, part, export_dir(out_root, model_name, part, version), version)
+        part: save_part(model, part, export_dir(out_root, model_name, part, version), version,
+                        xla_block)
         for part in parts
     }
 
@@ -191,9 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="saved_models", help="export root (default saved_models)")
     parser.add_argument("--version", type=int, required=True, help="positive integer version")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts (default all)")
+    parser.add_argument("--xla_block", type=int, default=XLA_BLOCK,
+                        help="head/full score candidates in XLA-compiled blocks of this many "
+                             f"(default {XLA_BLOCK}; 0 exports the plain TF graph)")
     args = parser.parse_args(argv)
     if args.version <= 0:
         parser.error(f"--version must be a positive integer, got {args.version}")
+    if args.xla_block < 0:
+        parser.error(f"--xla_block must be >= 0 (0 disables XLA), got {args.xla_block}")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
     if bad:
@@ -214,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     written = {}
     for part in tqdm(parts, desc=f"export {model.model_name} v{args.version}", unit="part"):
         written[part] = str(
-            save_part(model, part, export_dir(args.out, model.model_name, part, args.version), args.version)
+            save_part(model, part, export_dir(args.out, model.model_name, part, args.version),
+                      args.version, args.xla_block)
         )
     print(json.dumps({"model": model.model_name, "version": args.version,
                       "state_size": model.state_size, "parts": written}, indent=2))

@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: .demo; removed and recreated)")
     parser.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
+    parser.add_argument("--size", choices=("paper", "tiny"), default="paper",
+                        help="model sizes: the papers' (default) or tiny ones for a smoke run")
     parser.add_argument("--live_users", type=int, default=2, help="users that get live events")
     parser.add_argument("--burst", type=int, default=15, help="live events per user")
     parser.add_argument("--requests", type=int, default=200, help="requests per latency row")
@@ -248,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in ("dien", "mimn", "mlp"):
             run_cli(f"3. Train {model}", ["-m", "tf_models.train", "--model", model,
                                           "--data", str(data), "--out", str(runs / model),
-                                          "--epochs", str(args.epochs), "--verbose", "2"])
+                                          "--epochs", str(args.epochs), "--size", args.size,
+                                          "--verbose", "2"])
         auc = Table(title="Held-out AUC (time-based split)")
         auc.add_column("model")
         auc.add_column("AUC")
