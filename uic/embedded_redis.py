@@ -43,6 +43,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from uic.store import redact_url
+
 HOST = "127.0.0.1"
 CLUSTER_SLOTS = 16384
 
@@ -106,15 +108,6 @@ def send_shutdown(host: str, port: int, password: str | None, *, save: bool = Fa
             conn.read_response()  # only an error (e.g. a failed SAVE) comes back
     finally:
         conn.disconnect()
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:***@{host}"
 
 
 class EmbeddedRedis:
@@ -290,7 +283,7 @@ class EmbeddedRedis:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"EmbeddedRedis(url={_redact(self.url)!r}, data_dir={str(self.data_dir)!r})"
+        return f"EmbeddedRedis(url={redact_url(self.url)!r}, data_dir={str(self.data_dir)!r})"
 
 
 class EmbeddedRedisCluster:
@@ -396,7 +389,7 @@ def _cmd_start(args) -> int:
                            binary=args.binary, persist=args.persist)
     server.start(timeout=args.timeout, detach=True)
     print(f"redis-server {server.binary} running: pid {server.process.pid}, "
-          f"url {_redact(server.url)}, dir {server.data_dir}")
+          f"url {redact_url(server.url)}, dir {server.data_dir}")
     return 0
 
 

@@ -242,7 +242,8 @@ def _check_members(key: str, members: Sequence[bytes]) -> None:
 # ---------------------------------------------------------------------------------------
 # the store
 # ---------------------------------------------------------------------------------------
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by *** (for messages and logs)."""
     if "@" not in url:
         return url
     scheme, rest = url.split("://", 1)
@@ -291,7 +292,7 @@ class InterestStore:
         With `check=True` (default) the connection and credentials are verified now, so a
         wrong password fails here with a clear StoreError instead of at the first write."""
         store_kw = {k: kw.pop(k) for k in ("namespace", "dtype", "ttl_seconds") if k in kw}
-        where = _redact(url)
+        where = redact_url(url)
         try:
             if cluster:
                 from redis.cluster import RedisCluster
