@@ -173,6 +173,11 @@ class UICModel(keras.Model):
             ]
         ):
             cand = self.embed(cand_item_ids, cand_cate_ids)
+        return self.head_embedded(state, cand)
+
+    def head_embedded(self, state, cand):
+        """`head` after the candidate lookup: state [1, S] (or [N, S]), candidate
+        embeddings [N, E] -> ctr [N] (the part the serving export XLA-compiles)."""
         return tf.sigmoid(self.score(self.unpack(state), cand, training=False))
 
     def full(self, hist_item_ids, hist_cate_ids, hist_len, cand_item_ids, cand_cate_ids):

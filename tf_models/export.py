@@ -50,7 +50,7 @@ def _tensor_spec(spec, state_size: int) -> tf.TensorSpec:
     return tf.TensorSpec(dims, tf.as_dtype(spec.dtype), name=spec.name)
 
 
-XLA_BLOCK = 50  # candidates per XLA-compiled block of the served head (0: plain TF graph)
+XLA_BLOCK = 100  # candidates per XLA-compiled block of the served head (0: plain TF graph)
 
 
 def blocked_head(model: UICModel, block: int):
@@ -58,13 +58,13 @@ def blocked_head(model: UICModel, block: int):
     one XLA-compiled function of static shape (so XLA compiles once per model, not once per
     candidate count: a DIEN head takes seconds to compile).
 
-    The candidates are padded with id 0 to a multiple of `block` and the padding scores are
-    dropped; a candidate's score does not depend on the other rows, so the real ones are the
+    The candidate embeddings are padded with zero rows to a multiple of `block` and the
+    padding scores are dropped; a candidate's score does not depend on the other rows, so the real ones are the
     plain head's (up to float rounding in XLA's fused kernels, ~1e-7). XLA drops `Assert`
     ops, so the input check runs here, outside the compiled block."""
     spec = [tf.TensorSpec([1, model.state_size], tf.float32),
-            tf.TensorSpec([block], tf.int64), tf.TensorSpec([block], tf.int64)]
-    core = tf.function(model.head, input_signature=spec, jit_compile=True)
+            tf.TensorSpec([block, model.behaviour_dim], tf.float32)]
+    core = tf.function(model.head_embedded, input_signature=spec, jit_compile=True)
 
     def head(state, cand_item_ids, cand_cate_ids):
         check = tf.debugging.assert_equal(
@@ -74,10 +74,11 @@ def blocked_head(model: UICModel, block: int):
         with tf.control_dependencies([check]):
             count = tf.shape(cand_item_ids)[0]
             state = tf.reshape(state, [1, model.state_size])
-        padding = [[0, tf.math.floormod(-count, block)]]
-        items = tf.reshape(tf.pad(cand_item_ids, padding), [-1, block])
-        cates = tf.reshape(tf.pad(cand_cate_ids, padding), [-1, block])
-        ctr = tf.map_fn(lambda ids: core(state, ids[0], ids[1]), (items, cates),
+            # the lookup stays outside XLA: the compiled block never touches the big tables
+            cand = model.embed(cand_item_ids, cand_cate_ids)
+        cand = tf.pad(cand, [[0, tf.math.floormod(-count, block)], [0, 0]])
+        cand = tf.reshape(cand, [-1, block, model.behaviour_dim])
+        ctr = tf.map_fn(lambda rows: core(state, rows), cand,
                         fn_output_signature=tf.TensorSpec([block], tf.float32),
                         parallel_iterations=1)
         return tf.reshape(ctr, [-1])[:count]
