@@ -188,7 +188,6 @@ def summarize(cells: list[dict]) -> dict:
     lo, hi = lens[0], lens[-1]
     b_hi = get("B", "dien", hi, top_qps)
     a_hi = get("A", "dien", hi, top_qps)
-    b_lo = get("B", "dien", lo, top_qps)
     if b_hi:
         out[f"B_dien_p99_ms_L{hi}_qps{top_qps}"] = b_hi["p99_ms"]
     m_hi = get("B", "mimn", hi, top_qps)
@@ -202,8 +201,12 @@ def summarize(cells: list[dict]) -> dict:
         a, b = get("A", "dien", hi, qps), get("B", "dien", hi, qps)
         if a and b and b["p99_ms"] > 0:
             out[f"A_over_B_p99_L{hi}_qps{qps}"] = round(a["p99_ms"] / b["p99_ms"], 1)
-    if b_hi and b_lo and b_lo["p99_ms"] > 0:
-        out[f"B_p99_L{hi}_over_L{lo}"] = round(b_hi["p99_ms"] / b_lo["p99_ms"], 2)
+    for model in ("dien", "mimn"):
+        for qps in sorted({c["qps_target"] for c in cells}):
+            b_hi, b_lo = get("B", model, hi, qps), get("B", model, lo, qps)
+            if b_hi and b_lo and b_lo["p99_ms"] > 0:
+                out[f"B_{model}_p99_L{hi}_over_L{lo}_qps{qps}"] = round(
+                    b_hi["p99_ms"] / b_lo["p99_ms"], 2)
     return out
 
 

@@ -77,11 +77,15 @@ def plot_latency(cells: Sequence[dict], path: Path) -> Path | None:
     series: dict[tuple, list[dict]] = {}
     for cell in cells:
         series.setdefault((cell["arch"], cell["model"], cell["seq_len"]), []).append(cell)
+    lengths = sorted({key[2] for key in series})
+    colors = dict(zip(lengths, ("tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple"),
+                      strict=False))
+    styles = {("A", "dien"): ("--", "s"), ("B", "dien"): ("-", "o"), ("B", "mimn"): (":", "^")}
     for (arch, model, seq_len), rows in sorted(series.items()):
         rows = sorted(rows, key=lambda r: r["qps_target"])
-        style = "-" if arch == "B" else "--"
-        ax.plot([r["qps_target"] for r in rows], [r["p99_ms"] for r in rows], style, marker="o",
-                label=f"{arch} {model} L={seq_len}")
+        line, marker = styles.get((arch, model), ("-.", "x"))
+        ax.plot([r["qps_target"] for r in rows], [r["p99_ms"] for r in rows], linestyle=line,
+                marker=marker, color=colors.get(seq_len), label=f"{arch} {model} L={seq_len}")
     ax.set_xlabel("target QPS (open loop)")
     ax.set_ylabel("p99 latency (ms, log scale)")
     ax.set_yscale("log")

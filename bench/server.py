@@ -25,9 +25,6 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CACHE = Path(__file__).resolve().parents[1] / "bench_results" / "tmp" / "server"
-
-
 def _percentiles(samples_s: list[float]) -> dict:
     ms = np.asarray(samples_s) * 1e3
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
@@ -36,71 +33,21 @@ def _percentiles(samples_s: list[float]) -> dict:
 
 
 def export_head(root: Path) -> tuple[Path, str, int]:
-    """A real DIEN head export (paper-default sizes, untrained) or a stand-in; cached."""
-    cached = CACHE / "dien_head"
-    if (cached / "1" / "saved_model.pb").is_file():
-        source = (cached / "source.txt").read_text() if (cached / "source.txt").exists() else \
-            "cached export"
-    else:
-        try:
-            from tf_models.config import ModelConfig
-            from tf_models.export import export_model
+    """A real DIEN head export (paper-default sizes, untrained), made fresh for each run so
+    the figures always describe the current model code."""
+    from tf_models.config import ModelConfig
+    from tf_models.export import export_model
 
-            tmp = CACHE / "export_tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            paths = export_model("dien", tmp, 1, config=ModelConfig(), parts=("head",))
-            cached.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(cached / "1", ignore_errors=True)
-            shutil.move(str(paths["head"]), cached / "1")
-            shutil.rmtree(tmp, ignore_errors=True)
-            source = "tf_models.export.export_model('dien', ModelConfig() defaults, untrained)"
-        except Exception as exc:  # noqa: BLE001 - fall back to a stand-in of similar shape
-            source = f"stand-in head (export_model failed: {type(exc).__name__}: {exc})"
-            _standin_head(cached / "1")
-        (cached / "source.txt").write_text(source)
-    target = root / "dien_head"
-    shutil.copytree(cached, target, ignore=shutil.ignore_patterns("source.txt"))
-    state_size = _state_size(target / "1")
-    return target, source, state_size
+    paths = export_model("dien", root, 1, config=ModelConfig(), parts=("head",))
+    target = paths["head"].parent
+    source = "tf_models.export.export_model('dien', ModelConfig() defaults, untrained)"
+    return target, source, _state_size(target / "1")
 
 
 def _state_size(version_dir: Path) -> int:
-    meta = version_dir / "assets.extra" / "uic_metadata.json"
-    if meta.is_file():
-        return int(json.loads(meta.read_text())["state_size"])
-    return 1024
+    from uic.contract import ExportMetadata
 
-
-def _standin_head(path: Path) -> None:
-    """Attention over K=50 ring states + a small MLP per candidate, like DIEN's head."""
-    import tensorflow as tf
-
-    k, d, size = 50, 36, 50 * 36 + 36 + 36
-
-    class Head(tf.Module):
-        def __init__(self):
-            super().__init__()
-            rng = np.random.default_rng(0)
-            self.emb = tf.Variable(rng.normal(size=(200_000, d)).astype(np.float32) * 0.1)
-            self.w1 = tf.Variable(rng.normal(size=(3 * d, 200)).astype(np.float32) * 0.1)
-            self.w2 = tf.Variable(rng.normal(size=(200, 1)).astype(np.float32) * 0.1)
-
-        @tf.function(input_signature=[tf.TensorSpec([1, size], tf.float32, name="state"),
-                                      tf.TensorSpec([None], tf.int64, name="cand_item_ids"),
-                                      tf.TensorSpec([None], tf.int64, name="cand_cate_ids")])
-        def serve(self, state, cand_item_ids, cand_cate_ids):
-            ring = tf.reshape(state[0, :k * d], [k, d])
-            cand = tf.gather(self.emb, (cand_item_ids + cand_cate_ids) % 200_000)
-            att = tf.nn.softmax(tf.matmul(cand, ring, transpose_b=True), axis=1)
-            interest = tf.matmul(att, ring)
-            user = tf.tile(state[:, k * d:k * d + d], [tf.shape(cand)[0], 1])
-            hidden = tf.nn.relu(tf.matmul(tf.concat([cand, interest, user], 1), self.w1))
-            return {"ctr": tf.sigmoid(tf.reshape(tf.matmul(hidden, self.w2), [-1]))}
-
-    head = Head()
-    tf.saved_model.save(head, str(path), signatures={"serving_default": head.serve})
-    (path / "assets.extra").mkdir(exist_ok=True)
-    (path / "assets.extra" / "uic_metadata.json").write_text(json.dumps({"state_size": size}))
+    return ExportMetadata.read(version_dir).state_size
 
 
 def export_trivial(root: Path) -> Path:
