@@ -111,7 +111,8 @@ def write_report(out_dir: Path, cells: list[dict], components: dict[str, list[di
     md = ["# Benchmark report", "", f"Machine: {report['machine']['cpu']}, "
           f"{report['machine']['cores']} cores, Python {report['machine']['python']}", ""]
     if summary:
-        md += ["## Headline", "", markdown_table([summary]), ""]
+        md += ["## Headline", "", markdown_table([{"figure": k, "value": v}
+                                                  for k, v in summary.items()]), ""]
     if cells:
         md += ["## Architecture A vs B (open loop, 100 candidates)", "",
                markdown_table(cells, list(CELL_KEYS) + ["ab_p99_ratio"]), ""]

@@ -35,8 +35,6 @@ from uic.contract import (
     serving_model_name,
 )
 
-WARMUP_CASES = ((1, 1), (2, 5))  # (rows or candidates, sequence length) per warm-up request
-
 
 def _tensor_spec(spec, state_size: int) -> tf.TensorSpec:
     dims = []
@@ -51,6 +49,12 @@ def _tensor_spec(spec, state_size: int) -> tf.TensorSpec:
 
 
 XLA_BLOCK = 100  # candidates per XLA-compiled block of the served head (0: plain TF graph)
+# Requests with at most this many candidates use a second, small compiled block, so that a
+# 1-candidate request does not pay for 100 rows.
+SMALL_XLA_BLOCK = 8
+# (rows or candidates, sequence length) per warm-up request; for the heads, the first two
+# compile the small XLA block and the third the large one, before the first real request.
+WARMUP_CASES = ((1, 1), (2, 5), (SMALL_XLA_BLOCK + 1, 5))
 
 
 def blocked_head(model: UICModel, block: int):
@@ -62,9 +66,22 @@ def blocked_head(model: UICModel, block: int):
     padding scores are dropped; a candidate's score does not depend on the other rows, so the real ones are the
     plain head's (up to float rounding in XLA's fused kernels, ~1e-7). XLA drops `Assert`
     ops, so the input check runs here, outside the compiled block."""
-    spec = [tf.TensorSpec([1, model.state_size], tf.float32),
-            tf.TensorSpec([block, model.behaviour_dim], tf.float32)]
-    core = tf.function(model.head_embedded, input_signature=spec, jit_compile=True)
+    def compiled(size: int):
+        spec = [tf.TensorSpec([1, model.state_size], tf.float32),
+                tf.TensorSpec([size, model.behaviour_dim], tf.float32)]
+        return size, tf.function(model.head_embedded, input_signature=spec, jit_compile=True)
+
+    large = compiled(block)
+    small = compiled(SMALL_XLA_BLOCK) if SMALL_XLA_BLOCK < block else large
+
+    def in_blocks(state, cand, count, size_and_core):
+        size, core = size_and_core
+        cand = tf.pad(cand, [[0, tf.math.floormod(-count, size)], [0, 0]])
+        cand = tf.reshape(cand, [-1, size, model.behaviour_dim])
+        ctr = tf.map_fn(lambda rows: core(state, rows), cand,
+                        fn_output_signature=tf.TensorSpec([size], tf.float32),
+                        parallel_iterations=1)
+        return tf.reshape(ctr, [-1])[:count]
 
     def head(state, cand_item_ids, cand_cate_ids):
         check = tf.debugging.assert_equal(
@@ -76,12 +93,10 @@ def blocked_head(model: UICModel, block: int):
             state = tf.reshape(state, [1, model.state_size])
             # the lookup stays outside XLA: the compiled block never touches the big tables
             cand = model.embed(cand_item_ids, cand_cate_ids)
-        cand = tf.pad(cand, [[0, tf.math.floormod(-count, block)], [0, 0]])
-        cand = tf.reshape(cand, [-1, block, model.behaviour_dim])
-        ctr = tf.map_fn(lambda rows: core(state, rows), cand,
-                        fn_output_signature=tf.TensorSpec([block], tf.float32),
-                        parallel_iterations=1)
-        return tf.reshape(ctr, [-1])[:count]
+        if small is large:
+            return in_blocks(state, cand, count, large)
+        return tf.cond(count <= small[0], lambda: in_blocks(state, cand, count, small),
+                       lambda: in_blocks(state, cand, count, large))
 
     return head
 
