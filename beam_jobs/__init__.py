@@ -8,7 +8,7 @@
 * `beam_jobs.produce`  - push events into the Redis Stream at a chosen rate.
 * `beam_jobs.rollout`  - backfill version v+1 while v serves, then flip the active pointer.
 
-docs/beam.md explains the idempotency design and how to run on Flink, Spark or Dataflow.
+README.md (Beam jobs) explains the idempotency design and how to run on Flink, Spark or Dataflow.
 """
 
 DEFAULT_STREAM = "uic:events"

@@ -14,7 +14,7 @@ cold-start state. The version followed is the store's active pointer (or `--vers
 Why one DoFn does coalesce + step + CAS + ack: a user's batches must be applied in order and
 the ack must follow the write; doing both inside the DoFn that owns the batch keeps that
 true without cross-bundle state. Parallelism comes from more consumers in the group (more
-workers), each owning its own batches (see docs/beam.md for the per-user ordering caveat).
+workers), each owning its own batches (see README.md (Beam jobs) for the per-user ordering caveat).
 
 Production sources (wired, not testable here: no Pub/Sub or Kafka on this machine):
 `--source pubsub --pubsub_subscription projects/P/subscriptions/S`, or `--source kafka

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if _value(args, "batching_parameters_file") and not _enabled(args, "enable_batching"):
         print("launch: batching is off (TF Serving's default); ignoring "
               "--batching_parameters_file. Add --enable_batching to use it (only row-aligned "
-              "signatures can be batched; see docs/server.md).", file=sys.stderr)
+              "signatures can be batched; see the Model server section of README.md).", file=sys.stderr)
         args = _drop(args, "batching_parameters_file")
     config_file = _value(args, "model_config_file")
     prefix = _value(args, "model_base_path_prefix")

@@ -1,7 +1,7 @@
 """One configuration object for every model, with the papers' defaults.
 
 Where the DIEN/MIMN papers and their official code differ, the field's comment says which
-one the default follows (docs/models.md has the full list of choices).
+one the default follows (README.md (Models) has the full list of choices).
 """
 
 from __future__ import annotations
