@@ -122,7 +122,7 @@ def _cli(*args):
 
 def test_cli(tmp_path):
     assert "--users" in _cli("--help").stdout
-    ok = _cli("--out", str(tmp_path / "d"), "--users", "5", "--no-progress")
+    ok = _cli("--out", str(tmp_path / "d"), "--users", "5", "--no_progress")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.splitlines()[0])["users"] == 5
     assert (tmp_path / "d" / "stats.json").is_file()
@@ -130,7 +130,7 @@ def test_cli(tmp_path):
     assert bad.returncode == 2 and "--users: must be >= 1" in bad.stderr
     bad = _cli("--out", str(tmp_path / "x"), "--categories", "1")
     assert bad.returncode == 2 and "categories=1 is invalid" in bad.stderr
-    bad = _cli("--out", str(tmp_path / "x"), "--min-events", "400")
+    bad = _cli("--out", str(tmp_path / "x"), "--min_events", "400")
     assert bad.returncode == 2 and "min_events=400 is invalid" in bad.stderr
     assert _cli("--users", "3").returncode == 2  # --out is required
 

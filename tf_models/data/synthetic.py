@@ -519,17 +519,17 @@ def main(argv=None) -> int:
     p.add_argument("--categories", type=_positive_int, default=d.categories,
                    help=f"number of categories, 2..9000 ({d.categories})")
     p.add_argument("--items", type=_positive_int, default=d.items, help=f"number of items ({d.items})")
-    p.add_argument("--mean-events", type=float, default=d.mean_events,
+    p.add_argument("--mean_events", type=float, default=d.mean_events,
                    help=f"mean events per user ({d.mean_events:g})")
-    p.add_argument("--min-events", type=_positive_int, default=d.min_events,
+    p.add_argument("--min_events", type=_positive_int, default=d.min_events,
                    help=f"min events per user ({d.min_events})")
-    p.add_argument("--max-events", type=_positive_int, default=d.max_events,
+    p.add_argument("--max_events", type=_positive_int, default=d.max_events,
                    help=f"max events per user ({d.max_events})")
-    p.add_argument("--impressions-per-user", type=float, default=d.impressions_per_user,
+    p.add_argument("--impressions_per_user", type=float, default=d.impressions_per_user,
                    help=f"mean labelled impressions per user ({d.impressions_per_user:g})")
-    p.add_argument("--recent-window", type=_positive_int, default=d.recent_window,
+    p.add_argument("--recent_window", type=_positive_int, default=d.recent_window,
                    help=f"events in the recency term of the click model ({d.recent_window})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     config = SyntheticConfig(
         users=args.users, seed=args.seed, categories=args.categories, items=args.items,
