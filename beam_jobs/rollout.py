@@ -51,14 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def retire_key(store, model: str) -> str:
-    return f"{store.namespace}:m:{model}:retire"
-
-
 def cleanup(store, model: str, now_ms: int | None = None) -> list[int]:
     """Delete the states of retired versions whose retention has passed; returns them."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    key = retire_key(store, model)
+    key = store.retire_key(model)
     active = store.get_active_version(model)
     deleted = []
     for raw_version, raw_deadline in store.client.hgetall(key).items():
@@ -158,7 +154,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(f"deleted {store.delete_version(args.model, old):,} keys of v{old}")
         else:
             deadline = int(time.time() * 1000) + args.retention_seconds * 1000
-            store.client.hset(retire_key(store, args.model), str(old), str(deadline))
+            store.client.hset(store.retire_key(args.model), str(old), str(deadline))
             print(f"v{old} states kept for {args.retention_seconds} s (roll back: set the "
                   f"pointer to {old}); delete them later with `python -m beam_jobs.rollout "
                   f"--model {args.model} --redis_url {args.redis_url} --cleanup`")

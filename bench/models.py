@@ -19,6 +19,8 @@ from functools import partial
 
 import numpy as np
 
+from bench.report import percentiles_ms
+
 MODELS = ("dien", "mimn")
 CANDIDATES = 100
 
@@ -33,8 +35,9 @@ def _time(fn, reps: int) -> np.ndarray:
     return out
 
 
-def _pct(ms: np.ndarray) -> dict:
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+def _p50_p99(prefix: str, ms: np.ndarray) -> dict:
+    pct = percentiles_ms(ms / 1e3)
+    return {f"{prefix}_p50_ms": pct["p50_ms"], f"{prefix}_p99_ms": pct["p99_ms"]}
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -68,8 +71,8 @@ def run(quick: bool = False) -> list[dict]:
                                         num_events=one), reps_short * 4)
                 records.append({
                     "bench": "models.step_vs_tower", "model": name, "history": length,
-                    "step_p50_ms": _pct(step_ms)["p50_ms"], "step_p99_ms": _pct(step_ms)["p99_ms"],
-                    "tower_p50_ms": _pct(tower_ms)["p50_ms"], "tower_p99_ms": _pct(tower_ms)["p99_ms"],
+                    **_p50_p99("step", step_ms),
+                    **_p50_p99("tower", tower_ms),
                     "tower_over_step": round(float(np.median(tower_ms) / np.median(step_ms)), 1),
                 })
             ci, cc = ids([CANDIDATES]), ids([CANDIDATES])
@@ -85,8 +88,8 @@ def run(quick: bool = False) -> list[dict]:
                 records.append({
                     "bench": "models.head_vs_full", "model": name, "history": length,
                     "candidates": CANDIDATES,
-                    "head_p50_ms": _pct(head_ms)["p50_ms"], "head_p99_ms": _pct(head_ms)["p99_ms"],
-                    "full_p50_ms": _pct(full_ms)["p50_ms"], "full_p99_ms": _pct(full_ms)["p99_ms"],
+                    **_p50_p99("head", head_ms),
+                    **_p50_p99("full", full_ms),
                     "full_over_head": round(float(np.median(full_ms) / np.median(head_ms)), 1),
                 })
     _print(records)

@@ -27,9 +27,9 @@ def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
                 "mean_ms": float("nan"), "max_ms": float("nan")}
     arr = np.asarray(latencies_s, dtype=np.float64) * 1e3
     p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
-            "p99_ms": round(float(p99), 3), "mean_ms": round(float(arr.mean()), 3),
-            "max_ms": round(float(arr.max()), 3)}
+    return {"p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
+            "p99_ms": round(float(p99), 4), "mean_ms": round(float(arr.mean()), 4),
+            "max_ms": round(float(arr.max()), 4)}
 
 
 def machine_info() -> dict:

@@ -23,14 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import percentiles_ms
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-def _percentiles(samples_s: list[float]) -> dict:
-    ms = np.asarray(samples_s) * 1e3
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3),
-            "mean_ms": round(float(ms.mean()), 3)}
-
 
 def export_head(root: Path) -> tuple[Path, str, int]:
     """A real DIEN head export (paper-default sizes, untrained), made fresh for each run so
@@ -123,7 +118,7 @@ def open_loop(stub, request, qps: float, seconds: float) -> dict:
         future.add_done_callback(lambda f, t0=t0: finished(f, t0))
     done.wait(30)
     achieved = total / (time.perf_counter() - start)
-    return {**_percentiles(latencies), "ops_per_s": round(achieved, 1), "errors": errors[0]}
+    return {**percentiles_ms(latencies), "ops_per_s": round(achieved, 1), "errors": errors[0]}
 
 
 class Rest:
@@ -172,13 +167,13 @@ def run(quick: bool = False) -> list[dict]:
                 samples, rate = closed_loop(lambda r=request: stub.Predict(r, timeout=10),
                                             n_requests)
                 records.append({"bench": f"server_head_grpc_n{n}", "candidates": n,
-                                **_percentiles(samples), "ops_per_s": round(rate, 1),
+                                **percentiles_ms(samples), "ops_per_s": round(rate, 1),
                                 "model": source})
                 body = rest_body(inputs)
                 samples, rate = closed_loop(
                     lambda b=body: rest.post("/v1/models/dien_head:predict", b), n_requests)
                 records.append({"bench": f"server_head_rest_n{n}", "candidates": n,
-                                **_percentiles(samples), "ops_per_s": round(rate, 1),
+                                **percentiles_ms(samples), "ops_per_s": round(rate, 1),
                                 "model": source})
             # the head alone, called in this process: what the model costs without a server
             head_fn = tf.saved_model.load(str(head_path / "1")).signatures["serving_default"]
@@ -187,7 +182,7 @@ def run(quick: bool = False) -> list[dict]:
                 samples, rate = closed_loop(lambda i=inputs: head_fn(**i)["ctr"].numpy(),
                                             n_requests)
                 records.append({"bench": f"head_in_process_n{n}", "candidates": n,
-                                **_percentiles(samples), "ops_per_s": round(rate, 1),
+                                **percentiles_ms(samples), "ops_per_s": round(rate, 1),
                                 "model": source})
             for n in (1, 100):
                 request = grpc_request("dien_head", head_inputs(state_size, n, rng))
@@ -206,10 +201,10 @@ def run(quick: bool = False) -> list[dict]:
             body = rest_body({"x": x})
             via_rest, rest_rate = closed_loop(
                 lambda: rest.post("/v1/models/trivial:predict", body), n_requests)
-            base = _percentiles(in_proc)
+            base = percentiles_ms(in_proc)
             for name, samples, rate in (("grpc", via_grpc, grpc_rate),
                                         ("rest", via_rest, rest_rate)):
-                stats = _percentiles(samples)
+                stats = percentiles_ms(samples)
                 records.append({"bench": f"server_overhead_trivial_{name}", **stats,
                                 "ops_per_s": round(rate, 1),
                                 "in_process_p50_ms": base["p50_ms"],

@@ -21,18 +21,12 @@ import time
 
 import numpy as np
 
+from bench.report import percentiles_ms
 from uic.embedded_redis import EmbeddedRedis
 from uic.events import Event
 from uic.store import InterestStore
 
 SIZES = (("dien_like", 4096), ("mimn_like", 600))
-
-
-def _percentiles(samples_s: list[float]) -> dict[str, float]:
-    ms = np.asarray(samples_s) * 1000.0
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 4),
-            "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "mean_ms": round(float(ms.mean()), 4)}
 
 
 def _time_interleaved(fns: dict, repeats: int, warmup: int = 10) -> dict[str, list[float]]:
@@ -102,7 +96,7 @@ def _bench_states(url: str, label: str, size: int, dtype: str, users: int, reps_
                         ({"read_100_users": read_batch, "raw_mget_100_users": raw_batch,
                           "write_100_users_cas": write_batch}, reps_100)):
         for name, samples in _time_interleaved(group, reps).items():
-            records.append({"bench": f"store.{name}", **common, **_percentiles(samples)})
+            records.append({"bench": f"store.{name}", **common, **percentiles_ms(samples)})
     sample = keys[:200]
     raw_len = [c.strlen(k) for k in sample]
     mem = [c.memory_usage(k, samples=0) for k in sample]
@@ -139,7 +133,7 @@ def run(quick: bool = False) -> list[dict]:
                               ("behaviours_100_users_L1000", 100, max(5, reps_100 // 8))):
             fn = lambda b=b: store.read_behaviour_arrays(rng.sample(range(n_users), b), 1000)  # noqa: E731
             records.append({"bench": f"store.{name}", "state_size": 0, "dtype": "-",
-                            "users_stored": n_users, **_percentiles(_time(fn, reps, warmup=5))})
+                            "users_stored": n_users, **percentiles_ms(_time(fn, reps, warmup=5))})
         key = store.behaviour_key(0)
         records.append({"bench": "store.behaviour_bytes_per_user_L1000", "state_size": 0,
                         "dtype": "-", "users_stored": n_users,

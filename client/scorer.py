@@ -216,7 +216,7 @@ class Scorer:
                 "known yet; start Redis / check --redis_url, or pin --version") from None
         if version is None:
             raise NotDeployed(
-                f"no active version of {self.model!r} in Redis (key uic:m:{self.model}:active):"
+                f"no active version of {self.model!r} in Redis (key {self.store.active_key(self.model)}):"
                 " run the backfill for a version and flip the pointer "
                 "(InterestStore.set_active_version), or pin a version")
         self._active = (int(version), time.perf_counter() + self.active_ttl_s)
@@ -234,7 +234,7 @@ class Scorer:
             if state is None:
                 raise NotDeployed(
                     f"no cold-start state for {self.model} version {version} in Redis "
-                    f"(key uic:m:{self.model}:{version}:cold): the backfill writes it "
+                    f"(key {self.store.cold_key(self.model, version)}): the backfill writes it "
                     "(InterestStore.write_cold_start)")
             state = np.asarray(state, dtype=np.float32).reshape(1, -1)
             with self._lock:

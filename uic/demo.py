@@ -145,13 +145,13 @@ def wait_for_events(store, model: str, user_id: int, target: int, timeout: float
                     f"{timeout:.0f} s; see the stream job's log")
 
 
-def live_events(store, redis_client, scorers, events_path: Path, n_users: int, burst: int):
+def live_events(store, redis_client, scorers, catalog, n_users: int, burst: int):
     """Push a burst of events in a new category for a few users; show scores before/after."""
     from beam_jobs import DEFAULT_STREAM
     from beam_jobs.produce import produce
     from uic.events import Event
 
-    items_by_cat, user_cats, last_ts = read_catalog(events_path)
+    items_by_cat, user_cats, last_ts = catalog
     rich_cats = [c for c, items in items_by_cat.items() if len(items) >= 5]
     users = sorted(user_cats, key=lambda u: -sum(user_cats[u].values()))[:n_users]
     for k, user in enumerate(users):
@@ -303,10 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                      for m in MODELS}
         time.sleep(3)  # let the streaming jobs create their consumer groups
         console.rule("[bold cyan]8. Live events change the scores")
-        live_events(store, store.client, scorers_b, events, args.live_users, args.burst)
+        catalog = read_catalog(events)
+        live_events(store, store.client, scorers_b, catalog, args.live_users, args.burst)
 
         console.rule("[bold cyan]9. Architecture A vs B through the client")
-        items_by_cat, user_cats, _ = read_catalog(events)
+        items_by_cat, user_cats, _ = catalog
         latency_comparison(scorers_a, scorers_b, sorted(user_cats), items_by_cat, args.requests)
         console.rule("[bold cyan]10. Stopping everything")
     console.print(f"[bold green]Demo finished in {time.perf_counter() - t_start:.0f} s; "

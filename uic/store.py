@@ -335,6 +335,11 @@ class InterestStore:
     def cold_key(self, model: str, version: int) -> str:
         return f"{self.namespace}:m:{self._model(model)}:{_check_int('version', version)}:cold"
 
+    def retire_key(self, model: str) -> str:
+        """Hash version -> epoch ms after which a retired version's states may be deleted
+        (written by the roll-out, read by its clean-up)."""
+        return f"{self.namespace}:m:{self._model(model)}:retire"
+
     # -- error mapping ----------------------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
