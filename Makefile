@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m uic.demo
+	$(PY) -m devkit.demo
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -60,10 +60,10 @@ deploy: setup
 	$(PY) -m model_server.deploy
 
 redis-start: setup
-	$(PY) -m uic.embedded_redis start --port $(REDIS_PORT) --dir .redis
+	$(PY) -m devkit.redis_server start --port $(REDIS_PORT) --dir .redis
 
 redis-stop: setup
-	$(PY) -m uic.embedded_redis stop --port $(REDIS_PORT) --dir .redis
+	$(PY) -m devkit.redis_server stop --port $(REDIS_PORT) --dir .redis
 
 backfill: setup
 	$(PY) -m beam_jobs.backfill --events $(DATA)/events.jsonl --model dien --version $(VERSION) \

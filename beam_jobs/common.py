@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from uic import contract
+from uic.store import DEFAULT_BEHAVIOUR_CAP, DEFAULT_NAMESPACE, DEFAULT_REDIS_URL
 
 _LOG = logging.getLogger(__name__)
 
@@ -26,40 +27,41 @@ class JobError(Exception):
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Model, version, export root and store options shared by the jobs."""
-    parser.add_argument("--model", required=True, choices=[m for m in contract.MODELS if m != "mlp"],
+    parser.add_argument("--model", required=True, choices=contract.SEQUENCE_MODELS,
                         help="sequence model whose interest states to maintain")
     parser.add_argument("--version", type=int, default=None,
                         help="export version (default: backfill the newest export; the stream "
                              "job follows the store's active-version pointer)")
     parser.add_argument("--saved_models", default="saved_models",
                         help="export root holding <model>_<part>/<version>/ (default: %(default)s)")
-    parser.add_argument("--redis_url", default="redis://127.0.0.1:6390/0",
+    parser.add_argument("--redis_url", default=DEFAULT_REDIS_URL,
                         help="interest store (default: %(default)s)")
     parser.add_argument("--redis_cluster", action="store_true",
                         help="the URL points at a Redis Cluster node (keys use hash tags)")
-    parser.add_argument("--namespace", default="uic",
+    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE,
                         help="store key prefix; a separate one holds e.g. point-in-time "
                              "snapshots next to the live states (default: %(default)s)")
     parser.add_argument("--state_dtype", choices=["fp32", "fp16"], default="fp32",
                         help="how states are stored (default: %(default)s)")
-    parser.add_argument("--behaviour_cap", type=int, default=1000,
+    parser.add_argument("--behaviour_cap", type=int, default=DEFAULT_BEHAVIOUR_CAP,
                         help="behaviours kept per user for Architecture A (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def store_config(args: argparse.Namespace) -> dict:
-    """Picklable description of the store; workers build their client from it."""
-    return {"url": args.redis_url, "cluster": bool(args.redis_cluster),
-            "namespace": args.namespace, "dtype": args.state_dtype}
+def store_config(args: argparse.Namespace):
+    """The `uic.store.StoreConfig` the flags describe (picklable; workers connect from it)."""
+    from uic.store import StoreConfig
+
+    return StoreConfig(url=args.redis_url, cluster=bool(args.redis_cluster),
+                       namespace=args.namespace, dtype=args.state_dtype)
 
 
-def open_store(config: dict):
-    """An InterestStore from `store_config` (connection checked now, clear error if not)."""
-    from uic.store import InterestStore, StoreError
+def open_store(config):
+    """An InterestStore from a `StoreConfig` (connection checked now, clear error if not)."""
+    from uic.store import StoreError
 
     try:
-        return InterestStore.from_url(config["url"], cluster=config["cluster"],
-                                      namespace=config["namespace"], dtype=config["dtype"])
+        return config.connect()
     except StoreError as err:
         raise JobError(str(err)) from None
 

@@ -23,7 +23,7 @@ from beam_jobs import DEFAULT_STREAM, EVENT_FIELD
 def file_payloads(path: str) -> Iterator[str]:
     """Payloads of an events file: JSONL lines as-is, CSV rows converted to Event JSON."""
     if path.endswith(".csv"):
-        from tf_models.data import read_events
+        from uic.event_files import read_events
 
         for event in read_events(path):
             yield event.to_json()

@@ -54,7 +54,7 @@ class _ReadFileFn(beam.DoFn):
         self.after_cutoff = Metrics.counter(NAMESPACE, "after_cutoff")
 
     def process(self, path: str):
-        from tf_models.data import read_events_with_errors
+        from uic.event_files import read_events_with_errors
 
         bad: dict[int, str] = {}
         for event, error, line_no in read_events_with_errors(path):

@@ -63,13 +63,13 @@ def prepare(workdir: Path, redis_url: str, seq_lens, users_per_len: int, seed: i
     from tf_models.export import export_model
     from uic.contract import export_dir
     from uic.events import Event
-    from uic.store import InterestStore
+    from uic.store import connect as store_connect
 
     for model in models:
         if not export_dir(workdir / "saved_models", model, "head", 1).exists():
             export_model(model, workdir / "saved_models", 1, seed=seed,
                          parts=("tower", "head", "full") if model == "dien" else ("tower", "head"))
-    store = InterestStore.from_url(redis_url)
+    store = store_connect(redis_url)
     rng = np.random.default_rng(seed)
     users: dict[int, list[int]] = {}
     towers = {m: tf.saved_model.load(str(export_dir(workdir / "saved_models", m, "tower", 1)))
@@ -110,10 +110,10 @@ def run(quick: bool = False, *, seq_lens=SEQ_LENS, qps_list=QPS, duration_s: flo
         users_per_len: int = 200, workdir: Path | None = None, plan=PLAN,
         server_args=SERVER_ARGS) -> list[dict]:
     """Every (arch, model, L, QPS) cell; returns the report's cell records."""
+    from devkit.model_server_process import ModelServerProcess
+    from devkit.redis_server import EmbeddedRedis
     from model_server.config import write_models_config
-    from model_server.process import ModelServerProcess
     from uic.contract import serving_model_name
-    from uic.embedded_redis import EmbeddedRedis
 
     if quick:
         seq_lens, qps_list = (50, 1000), (50, 200)

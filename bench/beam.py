@@ -92,18 +92,18 @@ def _bench_freshness(url: str, client, store, rate: int, seconds: float, first_u
 
 
 def run(quick: bool = False) -> list[dict]:
-    import redis
 
-    from uic.embedded_redis import EmbeddedRedis
-    from uic.store import InterestStore
+    from devkit.redis_server import EmbeddedRedis
+    from uic.store import connect as store_connect
+    from uic.store import open_redis
 
     records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_beam_") as tmp, EmbeddedRedis() as server:
         work = Path(tmp)
         exports = work / "exports"
         _export(exports, quick)
-        client = redis.Redis.from_url(server.url)
-        store = InterestStore.from_url(server.url)
+        client = open_redis(server.url)
+        store = store_connect(server.url)
 
         users, per_user = (300, 20) if quick else (5000, 50)
         records.append(_bench_backfill(server.url, exports, work, users, per_user))

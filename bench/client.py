@@ -97,11 +97,11 @@ def _measure(scorers: dict, requests: int, rng) -> list[dict]:
 
 def run(quick: bool = False) -> list[dict]:
     from client import Scorer
+    from devkit.model_server_process import ModelServerProcess
+    from devkit.redis_server import EmbeddedRedis
     from model_server.config import write_models_config
-    from model_server.process import ModelServerProcess
     from uic.contract import ExportMetadata, export_dir
-    from uic.embedded_redis import EmbeddedRedis
-    from uic.store import InterestStore
+    from uic.store import connect as store_connect
 
     requests = 200 if quick else 2000
     rng = np.random.default_rng(0)
@@ -115,7 +115,7 @@ def run(quick: bool = False) -> list[dict]:
         with EmbeddedRedis() as redis_server, \
                 ModelServerProcess([f"--model_config_file={config}",
                                     "--max_num_load_retries=0"]) as server:
-            store = InterestStore.from_url(redis_server.url)
+            store = store_connect(redis_server.url)
             _seed(store, version, state_size, rng)
             store.client.close()
             scorers = {t: Scorer(MODEL, redis_url=redis_server.url, server=target,

@@ -144,8 +144,8 @@ def run(quick: bool = False) -> list[dict]:
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+    from devkit.model_server_process import ModelServerProcess
     from model_server.config import write_models_config
-    from model_server.process import ModelServerProcess
 
     n_requests = 200 if quick else 2000
     open_seconds = 3.0 if quick else 10.0

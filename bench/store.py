@@ -1,6 +1,6 @@
 """Interest-store benchmark: state read/write latency on loopback and bytes per user.
 
-Starts its own redis-server (uic.embedded_redis), fills it with realistic state sizes
+Starts its own redis-server (devkit.redis_server), fills it with realistic state sizes
 (S=4096 floats, DIEN-like: GRU state + ring buffer of 50 extractor states + sums; S=600,
 MIMN-like) in fp32 and fp16, then measures side by side in one run:
 
@@ -22,9 +22,9 @@ import time
 import numpy as np
 
 from bench.report import percentiles_ms
-from uic.embedded_redis import EmbeddedRedis
+from devkit.redis_server import EmbeddedRedis
 from uic.events import Event
-from uic.store import InterestStore
+from uic.store import connect as store_connect
 
 SIZES = (("dien_like", 4096), ("mimn_like", 600))
 
@@ -55,7 +55,7 @@ def _time(fn, repeats: int, warmup: int = 20) -> list[float]:
 
 def _bench_states(url: str, label: str, size: int, dtype: str, users: int, reps_1: int,
                   reps_100: int, rng: random.Random) -> list[dict]:
-    store = InterestStore.from_url(url, dtype=dtype)
+    store = store_connect(url, dtype=dtype)
     c = store.client
     model = f"{label}_{dtype}"
     gen = np.random.default_rng(size)
@@ -120,7 +120,7 @@ def run(quick: bool = False) -> list[dict]:
                 records += _bench_states(server.url, label, size, dtype, users, reps_1,
                                          reps_100, rng)
         # Architecture A comparison: the raw behaviour list of the last 1000 events.
-        store = InterestStore.from_url(server.url)
+        store = store_connect(server.url)
         n_users = 100 if quick else 1000
         for start in range(0, n_users, 50):
             store.append_behaviours(

@@ -29,13 +29,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from client.errors import InvalidRequest, ModelServerError, NotDeployed, StateStoreUnavailable
 from client.transport import make_transport
 from uic.contract import MODELS, serving_model_name
-from uic.store import CorruptValue, InterestStore, StoreError
+from uic.store import CorruptValue, InterestStore, StoreConfig, StoreError
 
 INT64_MAX = 2**63 - 1
 ARCHS = ("A", "B")
@@ -108,14 +106,6 @@ def _id_array(values, what: str) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def _redis_client(url: str, timeout_s: float, pool_size: int) -> redis.Redis:
-    """A pooled client that fails fast: no retries inside redis-py (the fallback decides)."""
-    return redis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-        max_connections=pool_size, retry=Retry(NoBackoff(), 0), health_check_interval=0,
-    )
-
-
 class Scorer:
     """Thread-safe per-request scorer; create one per process and reuse it.
 
@@ -160,9 +150,11 @@ class Scorer:
         self._owns_store = store is None
         if store is None:
             if redis_url is None:
-                raise InvalidRequest("pass redis_url (e.g. redis://127.0.0.1:6379/0) or store")
-            store = InterestStore(_redis_client(redis_url, redis_timeout_ms / 1000.0, pool_size),
-                                  namespace=namespace)
+                raise InvalidRequest("pass redis_url (e.g. redis://127.0.0.1:6390/0) or store")
+            timeout_s = redis_timeout_ms / 1000.0
+            store = StoreConfig(redis_url, namespace=namespace, socket_timeout_s=timeout_s,
+                                connect_timeout_s=timeout_s, max_connections=pool_size,
+                                retries=0).connect(check=False)
         self.model = model
         self.arch = arch
         self.store = store

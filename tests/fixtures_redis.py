@@ -1,7 +1,7 @@
 """Real Redis for the tests: one redis-server per test session, a clean database per test.
 
 Fixtures:
-* ``redis_server``  (session)  - a started `uic.embedded_redis.EmbeddedRedis`
+* ``redis_server``  (session)  - a started `devkit.redis_server.EmbeddedRedis`
 * ``redis_url``     (function) - its URL (``redis://127.0.0.1:<port>/0``); FLUSHALL before each test
 * ``redis_client``  (function) - a ``redis.Redis`` on that URL (binary replies)
 * ``redis_cluster`` (session)  - a 3-node local Redis Cluster (`EmbeddedRedisCluster`), started
@@ -11,9 +11,9 @@ Fixtures:
 from __future__ import annotations
 
 import pytest
-import redis
 
-from uic.embedded_redis import EmbeddedRedis, EmbeddedRedisCluster
+from devkit.redis_server import EmbeddedRedis, EmbeddedRedisCluster
+from uic.store import open_redis
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,7 @@ def redis_url(redis_server) -> str:
 
 @pytest.fixture
 def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url)
+    client = open_redis(redis_url)
     try:
         yield client
     finally:

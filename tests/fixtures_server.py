@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.model_server_process import ModelServerProcess
 from model_server.config import write_models_config
-from model_server.process import ModelServerProcess
 
 
 def start_model_server(models, extra_args=(), workdir: Path | None = None,

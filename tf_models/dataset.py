@@ -23,7 +23,7 @@ FEATURES = ("hist_item_ids", "hist_cate_ids", "hist_len", "cand_item_ids", "cand
 
 def _read_events(path: Path):
     try:
-        from tf_models.data import read_events
+        from uic.event_files import read_events
     except ImportError:  # the data package is optional for this module
         return (Event.from_json(line) for line in path.open() if line.strip())
     return read_events(path)
@@ -31,7 +31,7 @@ def _read_events(path: Path):
 
 def _read_impressions(path: Path):
     try:
-        from tf_models.data import read_impressions
+        from uic.event_files import read_impressions
     except ImportError:
         return (Impression.from_json(line) for line in path.open() if line.strip())
     return read_impressions(path)

@@ -15,6 +15,9 @@ from pathlib import Path
 
 PARTS: tuple[str, ...] = ("tower", "step", "head", "full")
 MODELS: tuple[str, ...] = ("dien", "mimn", "mlp")
+"""Every model the project trains and exports; `mlp` is the Embedding&MLP baseline."""
+SEQUENCE_MODELS: tuple[str, ...] = ("dien", "mimn")
+"""Models with an interest state (tower, step, head parts) kept in the store."""
 SIGNATURE_NAME = "serving_default"
 METADATA_FILE = "assets.extra/uic_metadata.json"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"

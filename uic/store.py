@@ -1,83 +1,63 @@
-"""The interest store: per-user interest states and behaviour lists in Redis (DESIGN.md §5).
+"""The interest store: per-user interest states and behaviour lists in Redis.
 
-This is the one place that knows the Redis key layout and the state value format; the Beam
-jobs, the client, the demo and the benchmarks all go through `InterestStore`.
+This is the one door to Redis: the only place that connects (`StoreConfig.connect`,
+`StoreConfig.redis_client`), knows the key layout and runs the scripts. The Beam jobs, the
+client, the demo and the benchmarks all go through it. The byte formats of the values are in
+`uic.codec`; docs/store.md describes both for operators.
 
 Key layout (every per-user key carries the hash tag ``{u:<user_id>}``, so all keys of one
 user sit on one Redis Cluster slot and a Lua script may touch them together)::
 
-    <ns>:{u:<uid>}:s:<model>:<version>   state value (bytes, format below)
+    <ns>:{u:<uid>}:s:<model>:<version>   state value (bytes, `uic.codec`)
     <ns>:{u:<uid>}:b                      behaviour ZSET (Architecture A), capped
     <ns>:m:<model>:active                 active version of <model> (decimal string)
     <ns>:m:<model>:<version>:cold         cold-start state of (model, version)
-
-State value: a 36-byte little-endian header, the last event id, then the raw floats::
-
-    offset size type   field
-    0      3    bytes  magic b"UIS"
-    3      1    u8     format version (1)
-    4      1    u8     dtype code: 1 = fp32, 2 = fp16
-    5      1    u8     reserved (0)
-    6      2    u16    n = byte length of last_event_id (UTF-8)
-    8      4    u32    S = number of floats in the state
-    12     8    i64    events_applied
-    20     8    i64    last_event_time_ms
-    28     8    i64    write_time_ms
-    36     n    bytes  last_event_id (UTF-8)
-    36+n   4S|2S f32/f16 state, little-endian
+    <ns>:m:<model>:retire                 hash version -> epoch ms after which a retired
+                                          version's states may be deleted
 
 Writes are compare-and-set inside Redis (one Lua script): a state replaces the stored one only
 when its `events_applied` is greater, so replays and racing writers can only move a user's
 state forward. Reads of many users are one MGET (one round trip; on a cluster one pipelined
 MGET per node, sent to all nodes before any reply is read).
-
-Behaviour ZSET members: ``event_id`` UTF-8, a 0 byte, then ``<q item_id><q category_id><B
-behaviour code>`` (17 bytes), scored by ``event_time_ms``. Same score ties sort by member, i.e.
-by event id, so the ZSET order is the history order ``(event_time_ms, event_id)``; adding the
-same event twice is a no-op (idempotent replay).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import re
-import struct
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import redis
 
-from uic.events import BEHAVIOR_TYPES, Event
+from uic import codec
+from uic.codec import CodecError, CorruptValue, StoredState, StoreError, check_int, now_ms
+from uic.events import Event
 
-MAGIC = b"UIS"
-FORMAT_VERSION = 1
-DTYPES: dict[str, tuple[int, np.dtype]] = {
-    "fp32": (1, np.dtype("<f4")),
-    "fp16": (2, np.dtype("<f2")),
-}
-_CODE_TO_DTYPE = {code: dt for code, dt in DTYPES.values()}
-HEADER = struct.Struct("<3sBBBHIqqq")
-HEADER_SIZE = HEADER.size  # 36
-EVENTS_APPLIED_OFFSET = 12
-MAX_EVENTS_APPLIED = 2**53 - 1  # Lua numbers are doubles: exact up to 2^53
-FP16_MAX = 65504.0
-_BEHAVIOUR_SUFFIX = struct.Struct("<qqB")  # item_id, category_id, behaviour code
-_BEHAVIOUR_DTYPE = np.dtype([("item", "<i8"), ("cate", "<i8"), ("type", "u1")])
+__all__ = [
+    "DEFAULT_BEHAVIOUR_CAP", "DEFAULT_NAMESPACE", "DEFAULT_REDIS_PORT", "DEFAULT_REDIS_URL",
+    "CodecError", "CorruptValue", "InterestStore", "StoreConfig", "StoredState", "StoreError",
+    "connect", "open_redis", "redact_url",
+]
+
+DEFAULT_REDIS_PORT = 6390
+DEFAULT_REDIS_URL = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+DEFAULT_NAMESPACE = "uic"
+DEFAULT_BEHAVIOUR_CAP = 1000  # behaviours kept per user for Architecture A
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-DEFAULT_READ_CHUNK = 5000
 
 # KEYS[1] state key. ARGV[1] new value, ARGV[2] its events_applied, ARGV[3] TTL seconds (0 none).
 # Returns 1 when written, 0 when the stored state has applied as many events or more.
-CAS_SCRIPT = """
+CAS_SCRIPT = f"""
 local old = redis.call('GET', KEYS[1])
 if old then
-  if string.len(old) < 36 or string.sub(old, 1, 3) ~= 'UIS' then
+  if string.len(old) < {codec.HEADER_SIZE} or string.sub(old, 1, {len(codec.MAGIC)}) ~= '{codec.MAGIC.decode()}' then
     return redis.error_reply('CORRUPT stored state at key ' .. KEYS[1] .. ' is not a UIS value')
   end
-  local applied = struct.unpack('<i8', old, 13)
+  local applied = struct.unpack('<i8', old, {codec.EVENTS_APPLIED_OFFSET + 1})
   if applied >= tonumber(ARGV[2]) then
     return 0
   end
@@ -93,163 +73,115 @@ return 1
 CAS_SHA = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()
 
 
-class StoreError(Exception):
-    """The store could not do what was asked (connection, authentication, permissions, bad
-    arguments); the message says what and what to do."""
-
-
-class CorruptValue(StoreError):
-    """A stored value is not in the expected format. `key` names the Redis key."""
-
-    def __init__(self, key: str, reason: str):
-        self.key = key
-        self.reason = reason
-        super().__init__(
-            f"corrupt value at Redis key {key!r}: {reason} "
-            "(delete the key or rewrite it from the backfill job)"
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class StoredState:
-    state: np.ndarray  # float32 [S] (fp16 values are widened on read)
-    events_applied: int  # how many events the state has folded in
-    last_event_time_ms: int  # watermark (time, id) of the newest event folded in
-    last_event_id: str  # "" when none
-    write_time_ms: int
-
-    @property
-    def watermark(self) -> tuple[int, str]:
-        return (self.last_event_time_ms, self.last_event_id)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StoredState):
-            return NotImplemented
-        return (
-            self.events_applied == other.events_applied
-            and self.last_event_time_ms == other.last_event_time_ms
-            and self.last_event_id == other.last_event_id
-            and self.write_time_ms == other.write_time_ms
-            and np.array_equal(self.state, other.state)
-        )
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-# ---------------------------------------------------------------------------------------
-# codec
-# ---------------------------------------------------------------------------------------
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _check_int(name: str, value, lo: int = 0, hi: int = 2**63 - 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise StoreError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if not lo <= value <= hi:
-        raise StoreError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return value
-
-
-def encode_state(
-    state,
-    *,
-    events_applied: int,
-    last_event_time_ms: int,
-    last_event_id: str = "",
-    write_time_ms: int | None = None,
-    dtype: str = "fp32",
-) -> bytes:
-    """Pack a state and its metadata into the stored byte format (see module docstring)."""
-    if dtype not in DTYPES:
-        raise StoreError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    code, np_dtype = DTYPES[dtype]
-    arr = np.asarray(state)
-    if arr.ndim != 1 or arr.size == 0:
-        raise StoreError(f"state must be a non-empty 1-D float vector, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise StoreError(f"state must hold floats, got dtype {arr.dtype}")
-    if not np.all(np.isfinite(arr)):
-        raise StoreError("state contains NaN or infinity; refusing to store it")
-    if dtype == "fp16" and np.max(np.abs(arr)) > FP16_MAX:
-        raise StoreError(
-            f"state has values beyond the fp16 range (|x| <= {FP16_MAX}); store it as fp32"
-        )
-    events_applied = _check_int("events_applied", events_applied, 0, MAX_EVENTS_APPLIED)
-    last_event_time_ms = _check_int("last_event_time_ms", last_event_time_ms)
-    write_time_ms = now_ms() if write_time_ms is None else _check_int("write_time_ms", write_time_ms)
-    if not isinstance(last_event_id, str):
-        raise StoreError(f"last_event_id must be a string, got {type(last_event_id).__name__}")
-    id_bytes = last_event_id.encode("utf-8")
-    if len(id_bytes) > 0xFFFF:
-        raise StoreError(f"last_event_id is {len(id_bytes)} bytes; at most 65535 allowed")
-    header = HEADER.pack(
-        MAGIC, FORMAT_VERSION, code, 0, len(id_bytes), arr.size,
-        events_applied, last_event_time_ms, write_time_ms,
-    )
-    return header + id_bytes + arr.astype(np_dtype, copy=False).tobytes()
-
-
-def decode_state(value: bytes, key: str = "<value>") -> StoredState:
-    """Unpack a stored value; raises CorruptValue naming `key` when it is not well formed."""
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise CorruptValue(key, f"expected bytes, got {type(value).__name__} "
-                                "(is the redis client using decode_responses=True?)")
-    value = bytes(value)
-    if len(value) < HEADER_SIZE:
-        raise CorruptValue(key, f"{len(value)} bytes is shorter than the {HEADER_SIZE}-byte header")
-    magic, fmt, code, _reserved, id_len, size, applied, last_t, write_t = HEADER.unpack_from(value)
-    if magic != MAGIC:
-        raise CorruptValue(key, f"bad magic {magic!r}, expected {MAGIC!r}")
-    if fmt != FORMAT_VERSION:
-        raise CorruptValue(key, f"format version {fmt} is not supported (expected {FORMAT_VERSION})")
-    if code not in _CODE_TO_DTYPE:
-        raise CorruptValue(key, f"unknown dtype code {code}")
-    np_dtype = _CODE_TO_DTYPE[code]
-    expected = HEADER_SIZE + id_len + size * np_dtype.itemsize
-    if len(value) != expected:
-        raise CorruptValue(key, f"length {len(value)} bytes, header implies {expected}")
-    try:
-        last_id = value[HEADER_SIZE:HEADER_SIZE + id_len].decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptValue(key, "last_event_id is not valid UTF-8") from None
-    state = np.frombuffer(value, dtype=np_dtype, offset=HEADER_SIZE + id_len, count=size)
-    return StoredState(
-        state=state.astype(np.float32),  # a fresh writable array, widened from fp16
-        events_applied=applied,
-        last_event_time_ms=last_t,
-        last_event_id=last_id,
-        write_time_ms=write_t,
-    )
-
-
-def _encode_behaviour(event: Event) -> bytes:
-    return (
-        event.event_id.encode("utf-8") + b"\x00"
-        + _BEHAVIOUR_SUFFIX.pack(event.item_id, event.category_id,
-                                 BEHAVIOR_TYPES.index(event.behavior_type))
-    )
-
-
-def _check_members(key: str, members: Sequence[bytes]) -> None:
-    n = _BEHAVIOUR_SUFFIX.size
-    for m in members:
-        if len(m) < n + 2 or m[-n - 1] != 0 or m[-1] >= len(BEHAVIOR_TYPES):
-            raise CorruptValue(key, f"behaviour member {m[:40]!r} is not in the expected format")
-
-
-# ---------------------------------------------------------------------------------------
-# the store
-# ---------------------------------------------------------------------------------------
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by *** (for messages and logs)."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:***@{host}"
+    """The URL with its password replaced by *** (userinfo and ``?password=`` forms), for
+    messages, logs, metric labels and pipeline options."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable redis url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, host = netloc.rsplit("@", 1)
+        user = creds.split(":", 1)[0] if ":" in creds else creds
+        netloc = f"{user}:***@{host}" if ":" in creds else f"{user}@{host}"
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if k.lower() == "password" else v)
+                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    """Where and how to reach the interest store. Picklable: Beam workers connect from it.
+
+    Args:
+      url: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS).
+      cluster: the URL names a Redis Cluster node.
+      namespace: key prefix; a separate one holds e.g. point-in-time snapshots.
+      dtype: how states are stored, ``fp32`` or ``fp16``.
+      ttl_seconds: expire per-user keys that stop being updated (None: never).
+      socket_timeout_s, connect_timeout_s: per-command and connect timeouts (None: none).
+      max_connections: connection-pool size (None: redis-py's default).
+      retries: redis-py's retries of a failed command (None: its default; 0 fails fast, for
+        callers with a fallback of their own such as the client).
+    """
+
+    url: str = DEFAULT_REDIS_URL
+    cluster: bool = False
+    namespace: str = DEFAULT_NAMESPACE
+    dtype: str = "fp32"
+    ttl_seconds: int | None = None
+    socket_timeout_s: float | None = 5.0
+    connect_timeout_s: float | None = 5.0
+    max_connections: int | None = None
+    retries: int | None = None
+
+    def __repr__(self) -> str:  # never print the password
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                           if f.name != "url")
+        return f"StoreConfig(url={redact_url(self.url)!r}, {fields})"
+
+    def redis_client(self):
+        """A redis-py client (`redis.Redis` or `RedisCluster`, binary replies) for this
+        config. The only place in the project that creates one."""
+        kw: dict = {"socket_timeout": self.socket_timeout_s,
+                    "socket_connect_timeout": self.connect_timeout_s}
+        if self.max_connections is not None:
+            kw["max_connections"] = self.max_connections
+        if self.retries is not None:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            kw["retry"] = Retry(NoBackoff(), self.retries)
+            kw["health_check_interval"] = 0
+        try:
+            if self.cluster:
+                from redis.cluster import RedisCluster
+
+                return RedisCluster.from_url(self.url, **kw)
+            return redis.Redis.from_url(self.url, **kw)
+        except ValueError as err:
+            raise StoreError(f"bad Redis URL {redact_url(self.url)}: {err}") from None
+        except redis.RedisError as err:
+            raise StoreError(_explain(err, redact_url(self.url))) from err
+
+    def connect(self, *, check: bool = True) -> InterestStore:
+        """An `InterestStore` on this config. With `check=True` (default) the connection and
+        credentials are verified now, so a wrong password fails here with a clear StoreError
+        instead of at the first write."""
+        where = redact_url(self.url)
+        client = self.redis_client()
+        store = InterestStore(client, namespace=self.namespace, dtype=self.dtype,
+                              ttl_seconds=self.ttl_seconds)
+        store._where = where
+        if check:
+            with store._errors():
+                client.ping()
+                if not self.cluster and _cluster_enabled(client):
+                    raise StoreError(f"{where} is a Redis Cluster node: pass cluster=True")
+        return store
+
+
+def connect(url: str | StoreConfig = DEFAULT_REDIS_URL, *, check: bool = True,
+            **overrides) -> InterestStore:
+    """`InterestStore` from a URL or a `StoreConfig`, with field overrides
+    (``connect(url, dtype="fp16")``)."""
+    config = url if isinstance(url, StoreConfig) else StoreConfig(url=url)
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    return config.connect(check=check)
+
+
+def open_redis(url: str | StoreConfig = DEFAULT_REDIS_URL, **overrides):
+    """A raw redis-py client made by the store's connection code (for the development
+    harness and tests that inspect Redis directly)."""
+    config = url if isinstance(url, StoreConfig) else StoreConfig(url=url)
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    return config.redis_client()
 
 
 class InterestStore:
@@ -261,12 +193,12 @@ class InterestStore:
 
     def __init__(self, client, *, namespace: str = "uic", dtype: str = "fp32",
                  ttl_seconds: int | None = None):
-        if dtype not in DTYPES:
-            raise StoreError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        if dtype not in codec.DTYPES:
+            raise StoreError(f"dtype must be one of {list(codec.DTYPES)}, got {dtype!r}")
         if not _NAME_RE.match(namespace or ""):
             raise StoreError(f"namespace must match {_NAME_RE.pattern}, got {namespace!r}")
         if ttl_seconds is not None:
-            ttl_seconds = _check_int("ttl_seconds", ttl_seconds, 1)
+            ttl_seconds = check_int("ttl_seconds", ttl_seconds, 1)
         from redis.cluster import RedisCluster
 
         self.client = client
@@ -284,37 +216,6 @@ class InterestStore:
             raise StoreError("the redis client must use decode_responses=False "
                              "(states are binary); create it without decode_responses")
 
-    @classmethod
-    def from_url(cls, url: str, *, cluster: bool = False, check: bool = True,
-                 **kw) -> InterestStore:
-        """Connect to `url` (``redis://[user:password@]host:port/db``; ``rediss://`` for TLS).
-        With `cluster=True` a RedisCluster client is made from the same URL (any node).
-        With `check=True` (default) the connection and credentials are verified now, so a
-        wrong password fails here with a clear StoreError instead of at the first write."""
-        store_kw = {k: kw.pop(k) for k in ("namespace", "dtype", "ttl_seconds") if k in kw}
-        where = redact_url(url)
-        try:
-            if cluster:
-                from redis.cluster import RedisCluster
-
-                client = RedisCluster.from_url(url, **kw)
-            else:
-                client = redis.Redis.from_url(url, **kw)
-            store = cls(client, **store_kw)
-            store._where = where
-            if check:
-                with store._errors():
-                    client.ping()
-                    if not cluster and _cluster_enabled(client):
-                        raise StoreError(f"{where} is a Redis Cluster node: pass cluster=True")
-        except StoreError:
-            raise
-        except ValueError as err:
-            raise StoreError(f"bad Redis URL {where}: {err}") from err
-        except redis.RedisError as err:
-            raise StoreError(_explain(err, where)) from err
-        return store
-
     # -- keys -----------------------------------------------------------------------------
     def _model(self, model: str) -> str:
         if not isinstance(model, str) or not _NAME_RE.match(model):
@@ -322,18 +223,18 @@ class InterestStore:
         return model
 
     def state_key(self, model: str, version: int, user_id: int) -> str:
-        version = _check_int("version", version)
-        user_id = _check_int("user_id", user_id)
+        version = check_int("version", version)
+        user_id = check_int("user_id", user_id)
         return f"{self.namespace}:{{u:{user_id}}}:s:{self._model(model)}:{version}"
 
     def behaviour_key(self, user_id: int) -> str:
-        return f"{self.namespace}:{{u:{_check_int('user_id', user_id)}}}:b"
+        return f"{self.namespace}:{{u:{check_int('user_id', user_id)}}}:b"
 
     def active_key(self, model: str) -> str:
         return f"{self.namespace}:m:{self._model(model)}:active"
 
     def cold_key(self, model: str, version: int) -> str:
-        return f"{self.namespace}:m:{self._model(model)}:{_check_int('version', version)}:cold"
+        return f"{self.namespace}:m:{self._model(model)}:{check_int('version', version)}:cold"
 
     def retire_key(self, model: str) -> str:
         """Hash version -> epoch ms after which a retired version's states may be deleted
@@ -377,10 +278,10 @@ class InterestStore:
             user_id, state, applied, last_t, last_id = row
             key = self.state_key(model, version, user_id)
             try:
-                value = encode_state(state, events_applied=applied, last_event_time_ms=last_t,
+                value = codec.encode_state(state, events_applied=applied, last_event_time_ms=last_t,
                                      last_event_id=last_id, write_time_ms=write_time,
                                      dtype=self.dtype)
-            except StoreError as err:
+            except CodecError as err:
                 raise StoreError(f"row {i} (user {user_id}): {err}") from None
             cmds.append((key, value, int(applied)))
         if not cmds:
@@ -433,7 +334,7 @@ class InterestStore:
                 out.append(None)
                 continue
             try:
-                out.append(decode_state(value, key))
+                out.append(codec.decode_state(value, key))
             except CorruptValue:
                 if on_corrupt == "raise":
                     raise
@@ -448,7 +349,7 @@ class InterestStore:
     def delete_version(self, model: str, version: int) -> int:
         """Delete every user's state of (model, version) and its cold-start state (retention
         clean-up). Uses SCAN, so it does not block the server. Returns keys deleted."""
-        pattern = f"{self.namespace}:{{u:*}}:s:{self._model(model)}:{_check_int('version', version)}"
+        pattern = f"{self.namespace}:{{u:*}}:s:{self._model(model)}:{check_int('version', version)}"
         deleted = 0
         batch: list[str | bytes] = []
         with self._errors():
@@ -469,7 +370,7 @@ class InterestStore:
 
     # -- version pointer and cold start ----------------------------------------------------
     def set_active_version(self, model: str, version: int) -> None:
-        version = _check_int("version", version)
+        version = check_int("version", version)
         with self._errors():
             self.client.set(self.active_key(model), str(version))
 
@@ -485,7 +386,7 @@ class InterestStore:
             raise CorruptValue(key, f"active version {value[:40]!r} is not an integer") from None
 
     def write_cold_start(self, model: str, version: int, state) -> None:
-        value = encode_state(state, events_applied=0, last_event_time_ms=0, dtype=self.dtype)
+        value = codec.encode_state(state, events_applied=0, last_event_time_ms=0, dtype=self.dtype)
         with self._errors():
             self.client.set(self.cold_key(model, version), value)
 
@@ -493,19 +394,19 @@ class InterestStore:
         key = self.cold_key(model, version)
         with self._errors():
             value = self.client.get(key)
-        return None if value is None else decode_state(value, key).state
+        return None if value is None else codec.decode_state(value, key).state
 
     # -- behaviours (Architecture A) -------------------------------------------------------
     def append_behaviours(self, events: Iterable[Event], cap: int = 1000) -> int:
         """Add events to their users' behaviour lists and keep only the `cap` newest per user.
         Idempotent: an event already present is not added again. Returns how many members
         were new (a new event older than the cap's window is added and trimmed at once)."""
-        cap = _check_int("cap", cap, 1)
+        cap = check_int("cap", cap, 1)
         by_user: dict[int, dict[bytes, int]] = {}
         for ev in events:
             if not isinstance(ev, Event):
                 raise StoreError(f"append_behaviours takes uic.events.Event, got {type(ev).__name__}")
-            by_user.setdefault(ev.user_id, {})[_encode_behaviour(ev)] = ev.event_time_ms
+            by_user.setdefault(ev.user_id, {})[codec.encode_behaviour(ev)] = ev.event_time_ms
         added = 0
         users = list(by_user)
         with self._errors():
@@ -527,7 +428,7 @@ class InterestStore:
         return self.client.pipeline() if self.is_cluster else self.client.pipeline(transaction=False)
 
     def _read_members(self, user_ids: Sequence[int], last_n: int, withscores: bool) -> list[list]:
-        last_n = _check_int("length", last_n, 1)
+        last_n = check_int("length", last_n, 1)
         pipe = self._pipeline()
         keys = [self.behaviour_key(u) for u in user_ids]
         for key in keys:
@@ -535,40 +436,20 @@ class InterestStore:
         with self._errors():
             results = pipe.execute() if keys else []
         for key, members in zip(keys, results, strict=True):
-            _check_members(key, [m for m, _ in members] if withscores else members)
+            codec.check_behaviour_members(key, [m for m, _ in members] if withscores else members)
         return results
 
     def read_behaviours(self, user_id: int, last_n: int) -> list[Event]:
         """The user's `last_n` newest behaviours, oldest first."""
         (members,) = self._read_members([user_id], last_n, withscores=True)
-        n = _BEHAVIOUR_SUFFIX.size
-        out = []
-        for member, score in members:
-            item, cate, code = _BEHAVIOUR_SUFFIX.unpack(member[-n:])
-            out.append(Event(user_id=int(user_id), item_id=item, category_id=cate,
-                             behavior_type=BEHAVIOR_TYPES[code], event_time_ms=int(score),
-                             event_id=member[:-n - 1].decode("utf-8", errors="replace")))
-        return out
+        return [codec.decode_behaviour(user_id, member, score) for member, score in members]
 
     def read_behaviour_arrays(self, user_ids: Sequence[int], length: int
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(item_ids int64 [B, L], cate_ids int64 [B, L], lens int32 [B]): each user's last
         `length` behaviours, oldest first, right-padded with 0, read in one round trip."""
-        results = self._read_members(user_ids, length, withscores=False)
-        b = len(results)
-        items = np.zeros((b, length), np.int64)
-        cates = np.zeros((b, length), np.int64)
-        lens = np.zeros((b,), np.int32)
-        n = _BEHAVIOUR_SUFFIX.size
-        for row, members in enumerate(results):
-            if not members:
-                continue
-            packed = np.frombuffer(b"".join(m[-n:] for m in members), dtype=_BEHAVIOUR_DTYPE)
-            k = len(packed)
-            items[row, :k] = packed["item"]
-            cates[row, :k] = packed["cate"]
-            lens[row] = k
-        return items, cates, lens
+        return codec.behaviour_arrays(self._read_members(user_ids, length, withscores=False),
+                                      length)
 
 
 def _cluster_enabled(client) -> bool:
@@ -595,7 +476,7 @@ def _explain(err: Exception, where: str) -> str:
                 "zremrangebyrank expire unlink scan ping.")
     if isinstance(err, redis.ConnectionError | redis.TimeoutError):
         return (f"cannot reach Redis at {where} ({text}). Is it running? Start one with "
-                "`python -m uic.embedded_redis start --port 6390`.")
+                f"`make redis-start` (port {DEFAULT_REDIS_PORT}).")
     if "CROSSSLOT" in text or "MOVED" in text or "same slot" in text or "cluster" in text.lower():
         return f"Redis Cluster error at {where} ({text}); pass cluster=True for a cluster."
     return f"Redis error at {where}: {text}"

@@ -9,7 +9,7 @@ import pytest
 
 from beam_jobs import backfill
 from beam_jobs.common import JobError
-from uic.store import InterestStore
+from uic.store import connect as store_connect
 
 from .conftest import MALFORMED, histories, tower_states, write_jsonl
 
@@ -33,7 +33,7 @@ def test_backfill_states_equal_tower_on_same_histories(model, redis_url, tiny_ex
     assert res.totals["states_written"] == len(hists)
     assert res.activated  # first deployment: no pointer was set
 
-    store = InterestStore.from_url(redis_url)
+    store = store_connect(redis_url)
     assert store.get_active_version(model) == 1
     expected = tower_states(tiny_exports, model, 1, hists)
     stored = store.read_states(model, 1, list(hists))
@@ -67,14 +67,14 @@ def test_cutoff_rebuild_and_max_history(redis_url, tiny_exports, events_data, tm
     assert res.totals["after_cutoff"] == sum(e.event_time_ms > cutoff for e in events)
     truncated = {u: h[-6:] for u, h in hists.items()}
     expected = tower_states(tiny_exports, "dien", 1, truncated)
-    store = InterestStore.from_url(redis_url, namespace="pit")
+    store = store_connect(redis_url, namespace="pit")
     for user, hist in truncated.items():
         got = store.read_state("dien", 1, user)
         np.testing.assert_allclose(got.state, expected[user], atol=1e-5, rtol=0)
         assert got.events_applied == len(hist) <= 6
         assert got.last_event_time_ms <= cutoff
     # the live namespace was not touched
-    assert InterestStore.from_url(redis_url).read_state("dien", 1, next(iter(hists))) is None
+    assert store_connect(redis_url).read_state("dien", 1, next(iter(hists))) is None
 
 
 def test_rerun_is_idempotent_and_csv_input(redis_url, tiny_exports, tmp_path):
@@ -83,7 +83,7 @@ def test_rerun_is_idempotent_and_csv_input(redis_url, tiny_exports, tmp_path):
                    "2,oops,3,pv,1511544073\n1,12,3,cart,1511544069\n")
     first = _run(redis_url, tiny_exports, csv, tmp_path)
     assert first.totals["users"] == 2 and first.totals["rejected"] == 1
-    store = InterestStore.from_url(redis_url)
+    store = store_connect(redis_url)
     before = store.read_state("dien", 1, 1)
     assert before.events_applied == 3 and before.last_event_time_ms == 1511544071000
     again = _run(redis_url, tiny_exports, csv, tmp_path)

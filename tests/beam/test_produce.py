@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import redis
-
 from beam_jobs import produce
 from uic.events import Event
+from uic.store import open_redis
 
 from .conftest import MALFORMED
 
@@ -14,7 +13,7 @@ def test_produce_file_and_synthetic(redis_url, events_data, capsys):
     path, events = events_data
     assert produce.main(["--events", str(path), "--redis_url", redis_url, "--stream", "s1",
                          "--rate", "0", "--quiet"]) == 0
-    client = redis.Redis.from_url(redis_url)
+    client = open_redis(redis_url)
     entries = client.xrange("s1")
     n_lines = sum(1 for line in path.read_text().splitlines() if line.strip())
     assert len(entries) == n_lines  # malformed lines too: the stream job dead-letters them

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from beam_jobs import rollout
-from uic.store import InterestStore
+from uic.store import connect as store_connect
 
 from .conftest import histories, tower_states
 
@@ -18,7 +18,7 @@ def test_rollout_flips_pointer_only_after_v2_is_complete(redis_url, tiny_exports
     path, events = events_data
     hists = histories(events)
     users = sorted(hists)
-    store = InterestStore.from_url(redis_url)
+    store = store_connect(redis_url)
     v1 = tower_states(tiny_exports, "dien", 1, hists)
     store.write_states("dien", 1, [(u, v1[u], len(h), *h[-1].sort_key)
                                    for u, h in hists.items()])
@@ -28,7 +28,7 @@ def test_rollout_flips_pointer_only_after_v2_is_complete(redis_url, tiny_exports
     stop = threading.Event()
 
     def watch():
-        watcher = InterestStore.from_url(redis_url)
+        watcher = store_connect(redis_url)
         while not stop.is_set():
             active = watcher.get_active_version("dien")
             present = sum(s is not None for s in watcher.read_states("dien", 2, users))
@@ -63,7 +63,7 @@ def test_rollout_flips_pointer_only_after_v2_is_complete(redis_url, tiny_exports
 
 
 def test_rollout_failure_keeps_old_version(redis_url, tiny_exports, tmp_path, capsys):
-    store = InterestStore.from_url(redis_url)
+    store = store_connect(redis_url)
     store.set_active_version("dien", 1)
     code = rollout.main(["--model", "dien", "--events", str(tmp_path / "nope.jsonl"),
                          "--saved_models", str(tiny_exports), "--redis_url", redis_url])

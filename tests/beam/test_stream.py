@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import redis
 
 import beam_jobs
 from beam_jobs import backfill, stream
 from beam_jobs.produce import produce
 from uic.events import Event
-from uic.store import InterestStore
+from uic.store import connect as store_connect
+from uic.store import open_redis
 
 from .conftest import MALFORMED, histories, make_events, tower_states, write_jsonl
 
@@ -30,7 +30,7 @@ def _stream_args(url, exports, *extra):
 def _assert_states_match_full_history(url, exports, events, atol=1e-5):
     hists = histories(events)
     expected = tower_states(exports, "dien", 1, hists)
-    store = InterestStore.from_url(url)
+    store = store_connect(url)
     for user, hist in hists.items():
         got = store.read_state("dien", 1, user)
         assert got is not None, user
@@ -52,7 +52,7 @@ def test_stream_converges_with_backfill_and_dead_letters(redis_url, tiny_exports
                   "--redis_url", redis_url, "--events", str(path), "--cutoff_ts", str(cutoff),
                   "--dead_letter", str(tmp_path / "dead.jsonl")])
 
-    client = redis.Redis.from_url(redis_url)
+    client = open_redis(redis_url)
     payloads = [e.to_json() for e in ordered]
     for i, bad in enumerate(MALFORMED):
         payloads.insert(10 + 20 * i, bad)
@@ -90,7 +90,7 @@ def test_stream_converges_with_backfill_and_dead_letters(redis_url, tiny_exports
 def test_sigkill_between_write_and_ack_neither_loses_nor_double_applies(
         redis_url, tiny_exports, tmp_path):
     events = make_events(seed=5, n=120, users=8)
-    client = redis.Redis.from_url(redis_url)
+    client = open_redis(redis_url)
     produce(client, STREAM, [e.to_json() for e in sorted(events, key=lambda e: e.sort_key)],
             progress=False)
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
@@ -102,7 +102,7 @@ def test_sigkill_between_write_and_ack_neither_loses_nor_double_applies(
     assert proc.returncode == -9, proc.stderr[-2000:]  # killed after the write, before ack
     pending = client.xpending(STREAM, "uic-stream")["pending"]
     assert pending > 0  # the last written batch was never acknowledged
-    store = InterestStore.from_url(redis_url)
+    store = store_connect(redis_url)
     partial = sum(s.events_applied for s in
                   store.read_states("dien", 1, sorted({e.user_id for e in events})) if s)
     assert 0 < partial < len(events)

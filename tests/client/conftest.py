@@ -18,6 +18,7 @@ from tests.fixtures_server import start_model_server
 from uic.contract import SIGNATURE_NAME, export_dir, serving_model_name
 from uic.events import Event
 from uic.store import InterestStore
+from uic.store import connect as store_connect
 
 MODELS = ("dien", "mimn")
 VERSIONS = (1, 2)
@@ -132,7 +133,7 @@ def seed(store: InterestStore, expected: Expected, active: int = 1) -> None:
 
 @pytest.fixture
 def seeded_store(redis_url, expected) -> InterestStore:
-    store = InterestStore.from_url(redis_url)
+    store = store_connect(redis_url)
     seed(store, expected)
     yield store
     store.client.close()

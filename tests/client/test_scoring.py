@@ -18,6 +18,7 @@ from client import (
     ScoreStatus,
     StateStoreUnavailable,
 )
+from devkit.redis_server import EmbeddedRedis
 from tests.client.conftest import (
     CAND_CATES,
     CAND_ITEMS,
@@ -26,8 +27,8 @@ from tests.client.conftest import (
     UNKNOWN_USER,
     seed,
 )
-from uic.embedded_redis import EmbeddedRedis
-from uic.store import InterestStore
+from uic.store import InterestStore, open_redis
+from uic.store import connect as store_connect
 
 TOL = 1e-5
 
@@ -91,7 +92,7 @@ def test_version_flip_during_traffic_never_mixes_versions(server, expected, seed
     flips = [0]
 
     def flipper():
-        store = InterestStore.from_url(_url(seeded_store))
+        store = store_connect(_url(seeded_store))
         while not stop.is_set():
             store.set_active_version(model, 2 if flips[0] % 2 == 0 else 1)
             flips[0] += 1
@@ -125,7 +126,7 @@ def _url(store: InterestStore) -> str:
 def test_redis_stopped_during_a_run_degrades_then_recovers(server, expected, tmp_path):
     redis_server = EmbeddedRedis(data_dir=tmp_path / "r1").start()
     try:
-        seed(InterestStore.from_url(redis_server.url), expected)
+        seed(store_connect(redis_server.url), expected)
         with Scorer("dien", redis_url=redis_server.url, server=server.grpc_target,
                     deadline_ms=5000, redis_timeout_ms=500, redis_retry_after_s=0.2) as scorer, \
              Scorer("dien", redis_url=redis_server.url, server=server.grpc_target,
@@ -144,7 +145,7 @@ def test_redis_stopped_during_a_run_degrades_then_recovers(server, expected, tmp
 
             redis_server = EmbeddedRedis(port=redis_server.port,
                                          data_dir=tmp_path / "r2").start()
-            seed(InterestStore.from_url(redis_server.url), expected)
+            seed(store_connect(redis_server.url), expected)
             deadline = time.monotonic() + 10
             while True:
                 r = scorer.score(11, CAND_ITEMS, CAND_CATES)
@@ -168,12 +169,11 @@ return 1
 
 def test_slow_redis_degrades_then_recovers(server, expected, seeded_store, redis_url):
     """Redis busy (a Lua script blocks it for 0.6 s) is 'slow': the read times out."""
-    import redis as redis_py
 
     with Scorer("dien", redis_url=redis_url, server=server.grpc_target, deadline_ms=5000,
                 redis_timeout_ms=50, redis_retry_after_s=0.05) as scorer:
         assert scorer.score(11, CAND_ITEMS, CAND_CATES).status == ScoreStatus.FRESH
-        blocker = redis_py.Redis.from_url(redis_url)
+        blocker = open_redis(redis_url)
         thread = threading.Thread(target=blocker.eval, args=(BUSY_LUA, 0, 600_000))
         thread.start()
         time.sleep(0.1)
@@ -236,7 +236,7 @@ def test_bad_candidates_are_rejected(seeded_store, server, items, cates, fragmen
 
 
 def test_missing_deployment_and_unknown_versions_are_clear(server, expected, redis_url):
-    store = InterestStore.from_url(redis_url)
+    store = store_connect(redis_url)
     with Scorer("dien", store=store, server=server.grpc_target, deadline_ms=5000) as scorer:
         with pytest.raises(NotDeployed, match="no active version of 'dien'"):
             scorer.score(11, CAND_ITEMS, CAND_CATES)

@@ -19,7 +19,7 @@ def _descendants() -> set[int]:
 def test_demo_runs_end_to_end_and_stops_everything(tmp_path):
     before = _descendants()
     proc = subprocess.run(
-        [sys.executable, "-m", "uic.demo", "--workdir", str(tmp_path / "demo"), "--users", "120",
+        [sys.executable, "-m", "devkit.demo", "--workdir", str(tmp_path / "demo"), "--users", "120",
          "--size", "tiny", "--live_users", "1", "--burst", "5", "--requests", "20"],
         capture_output=True, text=True, timeout=900,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -33,7 +33,7 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path):
 
 
 def test_demo_rejects_bad_arguments(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "uic.demo", "--users", "3",
+    proc = subprocess.run([sys.executable, "-m", "devkit.demo", "--users", "3",
                            "--workdir", str(tmp_path / "d")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "--users must be >= 50" in proc.stderr

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tf_models.data import read_events, read_events_with_errors, read_impressions
 from tf_models.data.synthetic import (
     SyntheticConfig,
     auc,
@@ -20,6 +19,7 @@ from tf_models.data.synthetic import (
     generate,
     iter_users,
 )
+from uic.event_files import read_events, read_events_with_errors, read_impressions
 from uic.events import Event, Impression
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,12 +11,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from uic.embedded_redis import (
+from devkit.redis_server import (
     EmbeddedRedis,
     EmbeddedRedisError,
     find_redis_server,
     free_port,
 )
+from uic.store import open_redis
 
 NO_RETRY = Retry(NoBackoff(), 0)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,7 +34,7 @@ def test_start_stop_with_password(tmp_path):
     server = EmbeddedRedis(data_dir=tmp_path / "d", password="s3cret")
     with server:
         assert server.url == f"redis://:s3cret@127.0.0.1:{server.port}/0"
-        assert redis.Redis.from_url(server.url).ping()
+        assert open_redis(server.url).ping()
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=server.port, password="wrong", retry=NO_RETRY).ping()
         assert (tmp_path / "d" / "redis.log").is_file()
@@ -72,7 +73,7 @@ def test_missing_binary_and_bad_port():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "uic.embedded_redis", *args],
+    return subprocess.run([sys.executable, "-m", "devkit.redis_server", *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 

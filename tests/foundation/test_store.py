@@ -12,9 +12,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from uic.embedded_redis import EmbeddedRedis
+from devkit.redis_server import EmbeddedRedis
 from uic.events import Event
-from uic.store import CAS_SCRIPT, CorruptValue, InterestStore, StoreError, decode_state
+from uic.codec import decode_state
+from uic.store import CAS_SCRIPT, CorruptValue, InterestStore, StoreError
+from uic.store import connect as store_connect
 
 
 def state_for(user: int, applied: int, size: int = 8) -> np.ndarray:
@@ -24,7 +26,7 @@ def state_for(user: int, applied: int, size: int = 8) -> np.ndarray:
 
 @pytest.fixture
 def store(redis_url) -> InterestStore:
-    return InterestStore.from_url(redis_url)
+    return store_connect(redis_url)
 
 
 def test_write_then_read(store):
@@ -57,7 +59,7 @@ _users = itertools.count(1_000_000)
 @given(updates=st.lists(st.integers(0, 40), min_size=1, max_size=12, unique=True),
        order=st.randoms(use_true_random=False), repeats=st.integers(1, 3))
 def test_cas_any_order_any_repeats_ends_with_most_events(redis_server, updates, order, repeats):
-    store = InterestStore.from_url(redis_server.url)
+    store = store_connect(redis_server.url)
     user = next(_users)
     sequence = [u for u in updates for _ in range(repeats)]
     order.shuffle(sequence)
@@ -85,7 +87,7 @@ def test_write_states_reports_each_row(store):
 
 
 def _writer(url: str, seed: int, users: int, max_events: int) -> None:
-    store = InterestStore.from_url(url)
+    store = store_connect(url)
     rng = random.Random(seed)
     rows = [(u, state_for(u, n), n, n, f"e{n}") for u in range(users) for n in range(1, max_events + 1)]
     rng.shuffle(rows)
@@ -101,7 +103,7 @@ def test_concurrent_writer_processes(redis_url):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    states = InterestStore.from_url(redis_url).read_states("mimn", 3, range(40))
+    states = store_connect(redis_url).read_states("mimn", 3, range(40))
     for user, got in enumerate(states):
         assert got.events_applied == 25 and got.last_event_id == "e25"
         np.testing.assert_array_equal(got.state, state_for(user, 25))
@@ -152,8 +154,8 @@ def test_batched_write_is_one_round_trip(store, monkeypatch):
 
 
 def test_fp16_store_and_mixed_reads(redis_url):
-    half = InterestStore.from_url(redis_url, dtype="fp16")
-    full = InterestStore.from_url(redis_url)
+    half = store_connect(redis_url, dtype="fp16")
+    full = store_connect(redis_url)
     s = state_for(3, 1, 600)
     half.write_state("mimn", 1, 3, s, 1, 1)
     full.write_state("mimn", 1, 4, s, 1, 1)
@@ -178,7 +180,7 @@ def test_active_version_and_cold_start(store):
 
 
 def test_ttl_applies_to_per_user_keys_only(redis_url):
-    store = InterestStore.from_url(redis_url, ttl_seconds=120)
+    store = store_connect(redis_url, ttl_seconds=120)
     store.write_state("dien", 1, 8, state_for(8, 1), 1, 1)
     store.append_behaviours([Event(8, 1, 2, "pv", 10, "a")])
     store.write_cold_start("dien", 1, state_for(0, 0))
@@ -279,7 +281,7 @@ def test_bad_arguments_are_clear_errors(store, redis_url):
     with pytest.raises(StoreError, match="decode_responses=False"):
         InterestStore(redis.Redis.from_url(redis_url, decode_responses=True))
     with pytest.raises(StoreError, match="dtype must be one of"):
-        InterestStore.from_url(redis_url, dtype="int8")
+        store_connect(redis_url, dtype="int8")
     with pytest.raises(StoreError, match="takes uic.events.Event"):
         store.append_behaviours([{"user_id": 1}])
 
@@ -296,9 +298,9 @@ def auth_server():
 
 def test_password_and_acl_user(auth_server):
     port = auth_server.port
-    ok = InterestStore.from_url(f"redis://:right-pass@127.0.0.1:{port}/0")
+    ok = store_connect(f"redis://:right-pass@127.0.0.1:{port}/0")
     assert ok.write_state("dien", 1, 1, np.ones(4), 1, 1)
-    app = InterestStore.from_url(f"redis://app:app-pass@127.0.0.1:{port}/0")
+    app = store_connect(f"redis://app:app-pass@127.0.0.1:{port}/0")
     assert app.write_state("dien", 1, 1, np.ones(4), 2, 2)
     assert app.read_state("dien", 1, 1).events_applied == 2
 
@@ -306,7 +308,7 @@ def test_password_and_acl_user(auth_server):
 @pytest.mark.parametrize("url_auth", [":wrong@", "app:wrong@", "nobody:x@"])
 def test_wrong_password_is_a_clear_error(auth_server, url_auth):
     with pytest.raises(StoreError) as info:
-        InterestStore.from_url(f"redis://{url_auth}127.0.0.1:{auth_server.port}/0")
+        store_connect(f"redis://{url_auth}127.0.0.1:{auth_server.port}/0")
     text = str(info.value)
     assert "rejected the credentials" in text and "password" in text
     assert "wrong" not in text.replace("wrong-", "")  # the password is not echoed
@@ -314,17 +316,17 @@ def test_wrong_password_is_a_clear_error(auth_server, url_auth):
 
 def test_missing_password_and_missing_permission(auth_server):
     with pytest.raises(StoreError, match="rejected the credentials"):
-        InterestStore.from_url(f"redis://127.0.0.1:{auth_server.port}/0")
-    reader = InterestStore.from_url(f"redis://reader:read-pass@127.0.0.1:{auth_server.port}/0")
+        store_connect(f"redis://127.0.0.1:{auth_server.port}/0")
+    reader = store_connect(f"redis://reader:read-pass@127.0.0.1:{auth_server.port}/0")
     with pytest.raises(StoreError, match="lacks a permission"):
         reader.write_state("dien", 1, 1, np.ones(4), 9, 9)
 
 
 def test_unreachable_server_is_a_clear_error():
-    from uic.embedded_redis import free_port
+    from devkit.redis_server import free_port
 
-    with pytest.raises(StoreError, match="cannot reach Redis .*embedded_redis start"):
-        InterestStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    with pytest.raises(StoreError, match="cannot reach Redis .*make redis-start"):
+        store_connect(f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=1)
 
 
 def test_state_value_decodes_with_the_public_codec(store):

@@ -9,7 +9,8 @@ import pytest
 from redis.cluster import RedisCluster
 
 from uic.events import Event
-from uic.store import CorruptValue, InterestStore, StoreError
+from uic.store import CorruptValue, StoreError
+from uic.store import connect as store_connect
 
 _ns = itertools.count()
 
@@ -17,7 +18,7 @@ _ns = itertools.count()
 @pytest.fixture
 def cstore(redis_cluster):
     """A store on the cluster with its own namespace (the cluster is shared by the session)."""
-    store = InterestStore.from_url(redis_cluster.url, cluster=True, namespace=f"c{next(_ns)}")
+    store = store_connect(redis_cluster.url, cluster=True, namespace=f"c{next(_ns)}")
     yield store
     store.client.close()
 
@@ -84,8 +85,8 @@ def test_cluster_corrupt_value(cstore):
 
 def test_standalone_client_on_a_cluster_is_a_clear_error(redis_cluster):
     with pytest.raises(StoreError, match="is a Redis Cluster node: pass cluster=True"):
-        InterestStore.from_url(redis_cluster.url)  # forgot cluster=True
-    plain = InterestStore.from_url(redis_cluster.url, check=False)
+        store_connect(redis_cluster.url)  # forgot cluster=True
+    plain = store_connect(redis_cluster.url, check=False)
     users = range(50)  # some keys live on other nodes -> MOVED
     with pytest.raises(StoreError, match="cluster=True"):
         plain.read_states("dien", 1, users)

