@@ -1,5 +1,5 @@
 """The model contract: part names, their `serving_default` signatures, where exports live,
-and the metadata file every export carries (DESIGN.md §4).
+and the metadata file every export carries (docs/models.md, 'The model contract').
 
 This is the one place that says what a `tower`, `step`, `head` or `full` SavedModel takes and
 returns. tf_models builds its exports from `SIGNATURES`; beam_jobs, client, the model server

@@ -38,7 +38,11 @@ FIELDS: tuple[str, ...] = (
 )
 _INT_FIELDS = ("user_id", "item_id", "category_id", "event_time_ms")
 INT64_MAX = 2**63 - 1
+"""Largest raw id or time: ids are int64 in the logs, the SavedModels and the store."""
 MAX_EVENT_ID_LEN = 128
+MAX_EVENT_JSON_BYTES = 4096
+"""An event's JSON is a few hundred bytes; anything longer is refused before parsing."""
+_MAX_INT_DIGITS = 20  # int64 has at most 19 digits (plus a sign)
 
 
 class InvalidEvent(ValueError):
@@ -49,6 +53,54 @@ class InvalidEvent(ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"{field}: {reason}" if field else reason)
+
+
+def check_id(name: str, value: Any) -> int:
+    """`value` if it is an integer in [0, INT64_MAX] (ids and event times); InvalidEvent
+    naming `name` otherwise. A bool is refused: "true" as an id is always a mistake. The one
+    range check for raw ids: the client and the readers use it too."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent(name, f"must be an integer in [0, 2^63-1], got "
+                                 f"{type(value).__name__} {value!r}")
+    if not 0 <= value <= INT64_MAX:
+        raise InvalidEvent(name, f"must be in [0, 2^63-1], got {value}")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise InvalidEvent(None, f"integer of {len(text)} digits is out of the int64 range")
+    return int(text)
+
+
+def _no_constant(name: str):
+    raise InvalidEvent(None, f"{name} is not allowed in an event")
+
+
+def load_json_record(text: str | bytes | bytearray) -> Any:
+    """Parse one record's JSON with bounds: at most MAX_EVENT_JSON_BYTES, integers of at
+    most 20 digits, no NaN/Infinity, no nesting deep enough to exhaust the stack. Every
+    failure is an InvalidEvent, so one hostile entry can be dead-lettered and the stream
+    job goes on."""
+    if not isinstance(text, str | bytes | bytearray | memoryview):
+        raise InvalidEvent(None, f"expected JSON text, got {type(text).__name__}")
+    size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else len(text)
+    if size > MAX_EVENT_JSON_BYTES:
+        raise InvalidEvent(None, f"record is {size} bytes; at most {MAX_EVENT_JSON_BYTES} allowed")
+    if size == 0:
+        raise InvalidEvent(None, "empty record")
+    try:
+        if not isinstance(text, str):
+            text = bytes(text).decode("utf-8")
+        return json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+    except InvalidEvent:
+        raise
+    except UnicodeDecodeError as err:
+        raise InvalidEvent(None, f"not valid UTF-8: {err}") from None
+    except RecursionError:
+        raise InvalidEvent(None, "JSON nested too deeply") from None
+    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise InvalidEvent(None, f"not valid JSON: {err}") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,12 +114,7 @@ class Event:
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
-            value = getattr(self, name)
-            # bool is an int subclass; "true" as an id is always a mistake.
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidEvent(name, f"must be an integer, got {type(value).__name__} {value!r}")
-            if value < 0 or value > INT64_MAX:
-                raise InvalidEvent(name, f"must be in [0, 2^63-1], got {value}")
+            check_id(name, getattr(self, name))
         if self.behavior_type not in BEHAVIOR_TYPES:
             raise InvalidEvent(
                 "behavior_type", f"must be one of {list(BEHAVIOR_TYPES)}, got {self.behavior_type!r}"
@@ -102,11 +149,7 @@ class Event:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Event:
-        try:
-            record = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InvalidEvent(None, f"not valid JSON: {err}") from None
-        return cls.from_dict(record)
+        return cls.from_dict(load_json_record(text))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,10 +167,8 @@ class Impression:
     label: int
 
     def __post_init__(self) -> None:
-        for name in ("user_id", "item_id", "category_id", "event_time_ms"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
-                raise InvalidEvent(name, f"must be an integer in [0, 2^63-1], got {value!r}")
+        for name in _INT_FIELDS:
+            check_id(name, getattr(self, name))
         if self.label not in (0, 1) or isinstance(self.label, bool):
             raise InvalidEvent("label", f"must be 0 or 1, got {self.label!r}")
 
@@ -136,10 +177,7 @@ class Impression:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Impression:
-        try:
-            record = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InvalidEvent(None, f"not valid JSON: {err}") from None
+        record = load_json_record(text)
         if not isinstance(record, dict):
             raise InvalidEvent(None, f"impression must be a JSON object, got {type(record).__name__}")
         fields = [f.name for f in dataclasses.fields(cls)]

@@ -114,7 +114,7 @@ def test_not_an_object(text):
     assert "must be a JSON object" in str(info.value)
 
 
-@pytest.mark.parametrize("text", ["{", "", "{'user_id': 1}", b"\xff\xfe{}"])
+@pytest.mark.parametrize("text", ["{", "{'user_id': 1}", "[1,"])
 def test_not_json(text):
     with pytest.raises(InvalidEvent) as info:
         Event.from_json(text)
@@ -156,3 +156,37 @@ def test_impression_missing_field(field):
 def test_impression_bad_json(text, needle):
     with pytest.raises(InvalidEvent, match=needle):
         Impression.from_json(text)
+
+
+# Hostile payloads: each is refused with InvalidEvent (never RecursionError, a bare
+# ValueError or MemoryError), so the stream job can dead-letter it and go on.
+GOOD_JSON = Event(1, 2, 3, "pv", 1_511_544_070_000, "e-1").to_json()
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        ("[" * 3000 + "]" * 3000, "nested too deeply|bytes"),
+        ("[" * 1500 + "]" * 1500, "nested too deeply"),
+        ('{"user_id": ' + "9" * 6000 + "}", "bytes"),
+        ('{"user_id": ' + "9" * 400 + "}", "digits"),
+        (b'{"user_id": "\xff\xfe"}', "UTF-8"),
+        ('{"user_id": NaN}', "NaN"),
+        ('{"user_id": -Infinity}', "Infinity"),
+        ("", "empty"),
+        (b"", "empty"),
+        (" " * 5000, "bytes"),
+        (GOOD_JSON.replace('"e-1"', '"' + "x" * 5000 + '"'), "bytes"),
+    ],
+)
+def test_hostile_json_is_an_invalid_event(payload, needle):
+    with pytest.raises(InvalidEvent, match=needle):
+        Event.from_json(payload)
+    assert Event.from_json(GOOD_JSON).event_id == "e-1"  # the parser is still fine afterwards
+
+
+def test_large_but_valid_ids_still_parse():
+    text = GOOD_JSON.replace('"user_id":1', f'"user_id":{2**63 - 1}')
+    assert Event.from_json(text).user_id == 2**63 - 1
+    with pytest.raises(InvalidEvent, match="user_id"):
+        Event.from_json(GOOD_JSON.replace('"user_id":1', f'"user_id":{2**63}'))
