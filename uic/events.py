@@ -130,7 +130,10 @@ class Event:
         return (self.event_time_ms, self.event_id)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Built directly: dataclasses.asdict deep-copies and costs ~30 us per event.
+        return {"user_id": self.user_id, "item_id": self.item_id,
+                "category_id": self.category_id, "behavior_type": self.behavior_type,
+                "event_time_ms": self.event_time_ms, "event_id": self.event_id}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
