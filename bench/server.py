@@ -27,6 +27,7 @@ from bench.report import percentiles_ms
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
 def export_head(root: Path) -> tuple[Path, str, int]:
     """A real DIEN head export (paper-default sizes, untrained), made fresh for each run so
     the figures always describe the current model code."""

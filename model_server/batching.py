@@ -1,9 +1,10 @@
-"""Server-side batching as TF Serving's BatchingSession does it (reference §5).
+"""Server-side batching as TF Serving's BatchingSession does it.
 
 Requests to the same signature of the same servable queue up; a shared pool of
 `num_batch_threads` threads forms batches of at most `max_batch_size` rows (dim 0), waiting up
 to `batch_timeout_micros` for a batch to fill, concatenates the inputs, runs the graph once
 and slices the outputs back per request. Off unless `--enable_batching`, as in TF Serving.
+Which signatures can be batched: docs/model_server.md, 'Batching'.
 """
 
 from __future__ import annotations

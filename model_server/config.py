@@ -17,6 +17,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from model_server.errors import ServingError, invalid
+from model_server.int_ranges import INT64_MAX
 from model_server.protos import BatchingParameters, MonitoringConfig
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
@@ -44,6 +45,13 @@ def _parse_text(path: str | os.PathLike, message, what: str):
 
 def read_models_config(path: str | os.PathLike) -> ModelServerConfig:
     return _parse_text(path, ModelServerConfig(), "model config")
+
+
+def read_models_config_resolved(path: str | os.PathLike,
+                                prefix: str | None = None) -> ModelServerConfig:
+    """models.config with relative base paths resolved as the embedded server does: against
+    `prefix` when given, else against the file's own directory."""
+    return resolve_base_paths(read_models_config(path), Path(path).resolve().parent, prefix)
 
 
 def read_batching_parameters(path: str | os.PathLike):
@@ -170,7 +178,7 @@ def list_versions(base_path: str) -> dict[int, Path] | None:
         if not name.isdigit() or not child.is_dir():
             continue
         number = int(name)
-        if number > 2**63 - 1:
+        if number > INT64_MAX:
             continue
         if number not in versions or name < versions[number].name:
             versions[number] = Path(child.path)
@@ -253,6 +261,7 @@ def set_policy(entry: ModelConfig, policy) -> None:
 
 __all__ = [
     "ConfigError", "ModelServerConfig", "ModelConfig", "ServingError", "read_models_config",
+    "read_models_config_resolved",
     "read_batching_parameters", "read_monitoring_config", "single_model_config",
     "resolve_base_paths", "validate_config", "list_versions", "aspired_versions",
     "write_models_config", "build_models_config", "DEFAULT_PROMETHEUS_PATH",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from model_server.config import ConfigError, read_models_config, resolve_base_paths
+from model_server.config import ConfigError, read_models_config_resolved
 
 CONFIG_MOUNT = "/config"
 
@@ -23,8 +23,7 @@ CONFIG_MOUNT = "/config"
 def container_config(config_file: Path, saved_models: Path, models_mount: str,
                      prefix: str | None = None):
     """models.config with base paths under `saved_models` mapped to `models_mount`."""
-    config = resolve_base_paths(read_models_config(config_file), config_file.resolve().parent,
-                                prefix)
+    config = read_models_config_resolved(config_file, prefix)
     root = saved_models.resolve()
     for entry in config.model_config_list.config:
         if "://" in entry.base_path:

@@ -1,8 +1,8 @@
-"""TF-style status errors shared by the gRPC and REST front ends.
+"""The server's errors: TF-style status errors for requests, StartupError for startup.
 
 TF Serving passes a canonical status code through gRPC unchanged and maps it to an HTTP
-status for REST (reference §1.2, §2.4). Raising one exception type everywhere lets both
-front ends render the same failure the way each protocol expects.
+status for REST. Raising one exception type everywhere lets both front ends render the same
+failure the way each protocol expects.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ CODE_NUMBERS: dict[str, int] = {
 }
 
 GRPC_MESSAGE_LIMIT = 1024
+
+
+class StartupError(Exception):
+    """Flags or config files the server cannot start with; `main` prints
+    `Failed to start server. Error: <message>` and exits 1, as TF Serving does."""
 
 
 class ServingError(Exception):

@@ -1,16 +1,15 @@
 """`tensorflow_model_server`'s command line, parsed the way TF's Flags parser does.
 
-Same names and defaults (reference §0): non-bool flags take `--name=value` (or
+Same names and defaults (docs/model_server.md, 'Flags'): non-bool flags take `--name=value` (or
 `--name value`), bool flags take `--name`, `--name=true|false`. An argument that matches no
 flag is reported (`unknown argument: ...`) and ignored, and the server still starts; a value
 that does not parse exits with an error. A few flags are this server's own additions and say
-so in their help.
+so in their help. `model_server.options` turns the parsed flags into the server's options.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -76,12 +75,6 @@ FLAGS = (
      "[embedded server only] larger REST bodies get 413"),
     ("log_level", str, "INFO", "[embedded server only] Python logging level"),
 )
-
-
-@dataclasses.dataclass
-class ParsedFlags:
-    values: argparse.Namespace
-    unknown: list[str]
 
 
 def _bool(text: str) -> bool:

@@ -1,8 +1,9 @@
 """gRPC front end: tensorflow.serving.PredictionService and ModelService.
 
-Servicers are the generated bases from tensorflow-serving-api; every handler resolves the
-servable, runs the shared inference code and turns a ServingError into the gRPC status with
-TF Serving's code and (1024-byte truncated) message.
+Servicers are the generated bases from tensorflow-serving-api; each gets the model manager,
+the metrics (None when monitoring is off) and the GrpcOptions, never the server itself.
+Every handler resolves the servable, runs the shared inference code and turns a failure into
+the gRPC status with TF Serving's code and (1024-byte truncated) message.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 import grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
-    get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2_grpc,
@@ -21,12 +21,30 @@ from tensorflow_serving.apis import (
 
 from model_server import inference
 from model_server.errors import CODE_NUMBERS, ServingError, from_tf_exception, invalid
+from model_server.options import GrpcOptions
+from model_server.status import model_status_response
 
 log = logging.getLogger("model_server")
 
 
-def _abort(context, exc: ServingError):
-    context.abort(exc.grpc_code, exc.grpc_details())
+def _as_status(exc: Exception, api: str) -> ServingError:
+    """The status a failed call answers with; unexpected exceptions are logged."""
+    if isinstance(exc, ServingError):
+        return exc
+    log.exception("%s failed", api)
+    return from_tf_exception(exc)
+
+
+def _abort(context, error: ServingError):
+    context.abort(error.grpc_code, error.grpc_details())
+
+
+def _answer(context, api: str, handler, *args):
+    """`handler(*args)`, or the RPC aborted with the status of its failure."""
+    try:
+        return handler(*args)
+    except Exception as exc:  # noqa: BLE001 - never let a request kill the server
+        _abort(context, _as_status(exc, api))
 
 
 def _timeout(context):
@@ -34,30 +52,30 @@ def _timeout(context):
     return remaining if remaining is not None and remaining < 1e8 else None
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, server):
-        self.server = server
-        self.manager = server.manager
-        self.metrics = server.metrics
-        self.as_content = server.flags.enable_serialization_as_tensor_content
+def _model_spec(request):
+    if not request.HasField("model_spec"):
+        raise invalid("Missing ModelSpec")
+    return request.model_spec
 
-    def _call(self, api: str, request, context, fn):
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager, metrics, options: GrpcOptions):
+        self.manager = manager
+        self.metrics = metrics
+        self.tensor_content = options.tensor_content
+
+    def _call(self, api: str, request, context, run):
+        """Resolve the model, `run(loaded, request, timeout)`, and count the request."""
         started = time.monotonic()
         name = request.model_spec.name if request.HasField("model_spec") else ""
         status = "OK"
         try:
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            loaded = self.manager.resolve_spec(request.model_spec)
-            return fn(loaded, request, _timeout(context))
-        except ServingError as exc:
-            status = exc.code
-            _abort(context, exc)
+            loaded = self.manager.resolve_spec(_model_spec(request))
+            return run(loaded, request, _timeout(context))
         except Exception as exc:  # noqa: BLE001 - never let a request kill the server
-            err = from_tf_exception(exc)
-            status = err.code
-            log.exception("%s failed", api)
-            _abort(context, err)
+            error = _as_status(exc, api)
+            status = error.code
+            _abort(context, error)
         finally:
             if self.metrics is not None:
                 self.metrics.request(name, status)
@@ -68,7 +86,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         return self._call("Predict", request, context,
-                          lambda m, r, t: inference.predict(m, r, self.as_content, t))
+                          lambda m, r, t: inference.predict(m, r, self.tensor_content, t))
 
     def Classify(self, request, context):
         return self._call("Classify", request, context, inference.classify)
@@ -77,85 +95,71 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._call("Regress", request, context, inference.regress)
 
     def MultiInference(self, request, context):
-        try:
-            return inference.multi_inference(self.manager.resolve_spec, request,
-                                             _timeout(context))
-        except ServingError as exc:
-            _abort(context, exc)
-        except Exception as exc:  # noqa: BLE001
-            _abort(context, from_tf_exception(exc))
+        return _answer(context, "MultiInference", inference.multi_inference,
+                       self.manager.resolve_spec, request, _timeout(context))
 
     def GetModelMetadata(self, request, context):
-        try:
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            if not request.metadata_field:
-                raise invalid("GetModelMetadataRequest must specify at least one "
-                              "metadata_field")
-            for field in request.metadata_field:
-                if field != "signature_def":
-                    raise invalid(f"Metadata field {field} is not supported")
-            loaded = self.manager.resolve_spec(request.model_spec)
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = request.model_spec.name
-            response.model_spec.version.value = loaded.version
-            response.metadata["signature_def"].Pack(loaded.signature_def_map())
-            return response
-        except ServingError as exc:
-            _abort(context, exc)
+        return _answer(context, "GetModelMetadata", self._metadata, request)
 
-
-def fill_status(response, statuses) -> None:
-    for st in statuses:
-        item = response.model_version_status.add()
-        item.version = st.version
-        item.state = get_model_status_pb2.ModelVersionStatus.State.Value(st.state)
-        item.status.error_code = CODE_NUMBERS[st.error_code]
-        item.status.error_message = st.error_message
+    def _metadata(self, request):
+        spec = _model_spec(request)
+        if not request.metadata_field:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise invalid(f"Metadata field {field} is not supported")
+        loaded = self.manager.resolve_spec(spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = loaded.version
+        response.metadata["signature_def"].Pack(loaded.signature_def_map())
+        return response
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, server):
-        self.server = server
-        self.manager = server.manager
+    """GetModelStatus, and HandleReloadConfigRequest through `reload_config(config)`."""
+
+    def __init__(self, manager, metrics, reload_config):
+        self.manager = manager
+        self.metrics = metrics
+        self.reload_config = reload_config
 
     def GetModelStatus(self, request, context):
-        try:
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            spec = request.model_spec
-            version = spec.version.value if spec.HasField("version") else None
-            response = get_model_status_pb2.GetModelStatusResponse()
-            fill_status(response, self.manager.status(spec.name, version))
-            return response
-        except ServingError as exc:
-            _abort(context, exc)
+        return _answer(context, "GetModelStatus", self._status, request)
+
+    def _status(self, request):
+        spec = _model_spec(request)
+        version = spec.version.value if spec.HasField("version") else None
+        return model_status_response(self.manager.status(spec.name, version))
 
     def HandleReloadConfigRequest(self, request, context):
         response = model_management_pb2.ReloadConfigResponse()
-        metrics = self.server.metrics
+        metrics = self.metrics
         before = {n: metrics.counter_value(n) for n in request.metric_names} if metrics else {}
+        error = None
         try:
-            self.server.reload_config(request.config)
-            code, message = "OK", ""
+            self.reload_config(request.config)
         except ServingError as exc:
-            code, message = exc.code, exc.message
-        except Exception as exc:  # noqa: BLE001
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - reported in the response
             log.exception("config reload failed")
-            code, message = "INTERNAL", f"{type(exc).__name__}: {exc}"
-        response.status.error_code = CODE_NUMBERS[code]
-        response.status.error_message = message
+            error = ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+        response.status.error_code = CODE_NUMBERS[error.code if error else "OK"]
+        response.status.error_message = error.message if error else ""
         for name, value in before.items():
             metric = response.metric.add()
             metric.name = name
             metric.int64_value_increase = int(metrics.counter_value(name) - value)
-        if code != "OK":
-            context.set_code(ServingError(code, message).grpc_code)
-            context.set_details(ServingError(code, message).grpc_details())
+        if error is not None:
+            context.set_code(error.grpc_code)
+            context.set_details(error.grpc_details())
         return response
 
 
-def add_services(grpc_server: grpc.Server, server) -> None:
+def add_services(grpc_server: grpc.Server, manager, metrics, options: GrpcOptions,
+                 reload_config) -> None:
+    """Register PredictionService and ModelService on `grpc_server`."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(server), grpc_server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(server), grpc_server)
+        PredictionServicer(manager, metrics, options), grpc_server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(manager, metrics, reload_config), grpc_server)

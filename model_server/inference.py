@@ -1,8 +1,8 @@
 """Predict, Classify, Regress and MultiInference on a loaded servable.
 
 Shared by the gRPC service and by warm-up replay (which runs the same requests against a
-version that is still loading). Checks follow TF Serving's order and wording (reference §2.2,
-§1.6): signature, input set, dtypes, then the run; nothing is coerced.
+version that is still loading). Checks follow TF Serving's order and wording: signature,
+input set, dtypes, then the run; nothing is coerced.
 """
 
 from __future__ import annotations
@@ -180,22 +180,32 @@ def classify_result(sig: Signature, examples: np.ndarray, result, timeout=None) 
                 cls.score = float(scores[i, j])
 
 
-def regress(loaded, request: regression_pb2.RegressionRequest, timeout=None):
-    sig = _example_signature(loaded, request.model_spec.signature_name, "regress")
+# method -> (response message, result writer, MultiInferenceResponse result field)
+_EXAMPLE_METHODS = {
+    "classify": (classification_pb2.ClassificationResponse, classify_result,
+                 "classification_result"),
+    "regress": (regression_pb2.RegressionResponse, regress_result, "regression_result"),
+}
+
+
+def _run_examples_request(method: str, loaded, request, timeout):
+    response_type, write_result, _field = _EXAMPLE_METHODS[method]
+    sig = _example_signature(loaded, request.model_spec.signature_name, method)
     examples = serialized_examples(request.input)
-    response = regression_pb2.RegressionResponse()
+    response = response_type()
     echo_spec(response.model_spec, request.model_spec, loaded.version, sig.name)
-    regress_result(sig, examples, response.result, timeout)
+    write_result(sig, examples, response.result, timeout)
     return response
 
 
-def classify(loaded, request: classification_pb2.ClassificationRequest, timeout=None):
-    sig = _example_signature(loaded, request.model_spec.signature_name, "classify")
-    examples = serialized_examples(request.input)
-    response = classification_pb2.ClassificationResponse()
-    echo_spec(response.model_spec, request.model_spec, loaded.version, sig.name)
-    classify_result(sig, examples, response.result, timeout)
-    return response
+def regress(loaded, request: regression_pb2.RegressionRequest, timeout=None
+            ) -> regression_pb2.RegressionResponse:
+    return _run_examples_request("regress", loaded, request, timeout)
+
+
+def classify(loaded, request: classification_pb2.ClassificationRequest, timeout=None
+             ) -> classification_pb2.ClassificationResponse:
+    return _run_examples_request("classify", loaded, request, timeout)
 
 
 def multi_inference(resolve, request: inference_pb2.MultiInferenceRequest, timeout=None):
@@ -220,12 +230,10 @@ def multi_inference(resolve, request: inference_pb2.MultiInferenceRequest, timeo
     for task in request.tasks:
         method = task.method_name.rsplit("/", 1)[1]
         sig = _example_signature(loaded, task.model_spec.signature_name, method)
+        _response_type, write_result, field = _EXAMPLE_METHODS[method]
         result = response.results.add()
         echo_spec(result.model_spec, task.model_spec, loaded.version, sig.name)
-        if method == "classify":
-            classify_result(sig, examples, result.classification_result, timeout)
-        else:
-            regress_result(sig, examples, result.regression_result, timeout)
+        write_result(sig, examples, getattr(result, field), timeout)
     return response
 
 

@@ -43,10 +43,9 @@ def absolute_config(config_file: str, prefix: str | None = None) -> Path:
     """A temporary copy of models.config with every base_path absolute."""
     from google.protobuf import text_format
 
-    from model_server.config import read_models_config, resolve_base_paths
+    from model_server.config import read_models_config_resolved
 
-    config = resolve_base_paths(read_models_config(config_file),
-                                Path(config_file).resolve().parent, prefix)
+    config = read_models_config_resolved(config_file, prefix)
     handle, path = tempfile.mkstemp(prefix="models_abs_", suffix=".config")
     with os.fdopen(handle, "w") as out:
         out.write(text_format.MessageToString(config))
@@ -54,11 +53,10 @@ def absolute_config(config_file: str, prefix: str | None = None) -> Path:
 
 
 def _warn_missing_versions(config_file: str, prefix: str | None) -> None:
-    from model_server.config import list_versions, read_models_config, resolve_base_paths
+    from model_server.config import list_versions, read_models_config_resolved
 
     try:
-        config = resolve_base_paths(read_models_config(config_file),
-                                    Path(config_file).resolve().parent, prefix)
+        config = read_models_config_resolved(config_file, prefix)
     except Exception as exc:  # noqa: BLE001 - the server reports it properly
         print(f"launch: {exc}", file=sys.stderr)
         return
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if _value(args, "batching_parameters_file") and not _enabled(args, "enable_batching"):
         print("launch: batching is off (TF Serving's default); ignoring "
               "--batching_parameters_file. Add --enable_batching to use it (only row-aligned "
-              "signatures can be batched; see the Model server section of README.md).", file=sys.stderr)
+              "signatures can be batched; see docs/model_server.md, 'Batching').", file=sys.stderr)
         args = _drop(args, "batching_parameters_file")
     config_file = _value(args, "model_config_file")
     prefix = _value(args, "model_base_path_prefix")

@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s.%(msecs)03d %(levelname).1s model_server] %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
-    from model_server.server import VERSION, ModelServer, StartupError
+    from model_server.errors import StartupError
+    from model_server.options import ServerOptions
+    from model_server.server import VERSION, ModelServer
 
     if args.version:
         import tensorflow as tf
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"TensorFlow Library: {tf.__version__}")
         return 0
     try:
-        server = ModelServer(args)
+        server = ModelServer(ServerOptions.from_flags(args))
         server.start()
     except StartupError as exc:
         print(f"Failed to start server. Error: {exc}", file=sys.stderr)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def _stop(signum, _frame):
         logging.getLogger("model_server").info("signal %d: shutting down", signum)
-        server._stop.set()
+        server.request_stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

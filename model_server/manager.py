@@ -1,11 +1,12 @@
-"""Which model versions are loaded, and how requests find them (reference §3).
+"""Which model versions are loaded, and how requests find them.
 
 The manager owns every servable's lifecycle: it polls each base path, applies the version
 policy, loads and warms up new versions, then publishes them and unloads what is no longer
 aspired, always loading the new version before unloading the old one (TF Serving's
 availability-preserving policy). Requests never take its lock: they read an immutable
 per-model snapshot that is swapped in one assignment, and a request that already holds a
-version keeps it alive until it finishes, so a swap never fails a request.
+version keeps it alive until it finishes, so a swap never fails a request. Version
+policies and labels: docs/model_server.md, 'Models and versions'.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from model_server import config as cfg
 from model_server.errors import ServingError, invalid
+from model_server.options import ManagerOptions
 from model_server.servable import LoadedModel, load_model
 from model_server.warmup import run_warmup
 
@@ -25,17 +27,6 @@ log = logging.getLogger("model_server")
 
 # ServableState names as in apis/get_model_status.proto
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
-
-
-@dataclasses.dataclass
-class ManagerOptions:
-    file_system_poll_wait_seconds: float = 1
-    enable_model_warmup: bool = True
-    num_request_iterations_for_warmup: int = 1
-    max_num_load_retries: int = 5
-    load_retry_interval_micros: int = 60_000_000
-    saved_model_tags: tuple[str, ...] = ("serve",)
-    allow_version_labels_for_unavailable_models: bool = False
 
 
 @dataclasses.dataclass
@@ -58,10 +49,13 @@ class Serving:
 
 
 class ModelState:
+    """One configured model: its config entry and every version seen so far."""
+
     def __init__(self, entry):
         self.entry = entry
         self.versions: dict[int, VersionStatus] = {}
         self.failed_paths: set[str] = set()
+        self.missing_logged = False  # "base path does not exist" is logged once, not per poll
 
     @property
     def name(self) -> str:
@@ -161,7 +155,7 @@ class ModelManager:
             self.configured = list(entries)
             for name in self.configured:
                 self._reconcile(self.states[name])
-                self._publish(self.states[name], labels_checked=not initial)
+                self._publish(self.states[name])
         self._wait_available(new_models, wait_timeout)
         if initial:
             with self._lock:
@@ -178,10 +172,8 @@ class ModelManager:
                 if version in available:
                     continue
                 is_new = label not in old_labels or old_labels[label] == version
-                if (self.options.allow_version_labels_for_unavailable_models and is_new
-                        and not initial):
-                    continue
-                if self.options.allow_version_labels_for_unavailable_models and initial:
+                if self.options.allow_version_labels_for_unavailable_models and (
+                        initial or is_new):
                     continue
                 raise ServingError(
                     "FAILED_PRECONDITION",
@@ -256,23 +248,21 @@ class ModelManager:
 
     # ------------------------------------------------------------------ lifecycle
     def _aspired(self, state: ModelState) -> set[int] | None:
+        """Versions the policy wants among those on disk; None if the base path is missing."""
         listed = cfg.list_versions(state.entry.base_path)
-        if listed is None:
-            return None
-        state.listed = listed
-        return cfg.aspired_versions(state.entry, list(listed))
+        return None if listed is None else cfg.aspired_versions(state.entry, list(listed))
 
     def _reconcile(self, state: ModelState) -> None:
         """Load newly aspired versions (highest first), then unload the rest safely."""
-        aspired = self._aspired(state)
-        if aspired is None:
-            if not getattr(state, "missing_logged", False):
+        listed = cfg.list_versions(state.entry.base_path)
+        if listed is None:
+            if not state.missing_logged:
                 log.error("File system storage path source: base path %s of model %s does not "
                           "exist", state.entry.base_path, state.name)
                 state.missing_logged = True
             return
         state.missing_logged = False
-        listed = state.listed
+        aspired = cfg.aspired_versions(state.entry, list(listed))
         for version in sorted(aspired, reverse=True):
             current = state.versions.get(version)
             path = listed[version]
@@ -349,7 +339,8 @@ class ModelManager:
                 self._unload(state, version)
         self.serving.pop(name, None)
 
-    def _publish(self, state: ModelState, labels_checked: bool = True) -> None:
+    def _publish(self, state: ModelState) -> None:
+        """Swap in the snapshot requests read for this model (see `resolve`)."""
         if state.name not in self.configured:
             return
         versions = {v: s.loaded for v, s in state.versions.items()
@@ -357,6 +348,3 @@ class ModelManager:
         latest = versions[max(versions)] if versions else None
         labels = dict(state.entry.version_labels)
         self.serving[state.name] = Serving(versions, latest, labels)
-
-    def available_models(self) -> dict[str, list[int]]:
-        return {name: sorted(s.versions) for name, s in self.serving.items()}

@@ -2,7 +2,7 @@
 
 The values live in prometheus-client metrics on a private registry. The page is written here
 rather than by `generate_latest` because TF Serving's exporter differs from the client's
-defaults (reference §6): counters keep their bare name (no `_total`), there is no `# HELP`
+defaults (docs/model_server.md, 'Metrics'): counters keep their bare name (no `_total`), there is no `# HELP`
 and no `_created`, and bucket limits use 6 significant digits. Dashboards built against the
 real server then read this one unchanged.
 """

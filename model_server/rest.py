@@ -1,8 +1,9 @@
 """REST front end on the stdlib HTTP server, with TF Serving's routes and error mapping.
 
-Paths, check order and error bodies follow reference §1: `/v1/...` answers JSON (errors as
-`{"error": msg}` with the HTTP status of the canonical code), the Prometheus page lives on
-its configured path, and everything else is an HTML 404 like libevent's.
+Paths, check order and error bodies follow TF Serving (docs/model_server.md, 'REST API'):
+`/v1/...` answers JSON (errors as `{"error": msg}` with the HTTP status of the canonical
+code), the Prometheus page lives on its configured path, and everything else is an HTML 404
+like libevent's. The API gets the model manager, the metrics and the RestOptions.
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 from google.protobuf import json_format
-from tensorflow_serving.apis import (
-    classification_pb2,
-    get_model_status_pb2,
-    regression_pb2,
-)
+from tensorflow_serving.apis import classification_pb2, regression_pb2
 
 from model_server import inference, rest_json
 from model_server.errors import ServingError, from_tf_exception, invalid
-from model_server.grpc_service import fill_status
+from model_server.int_ranges import INT64_MAX
+from model_server.options import RestOptions
+from model_server.status import model_status_response
 
 log = logging.getLogger("model_server")
 
@@ -39,11 +38,16 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _HTML_404 = (b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>"
              b"<h1>Not Found</h1><p>The requested URL was not found on this server.</p>"
              b"</body></html>")
-_INT64_MAX = 2**63 - 1
+# :classify and :regress: the request message, the inference call, the response writer
+_EXAMPLE_APIS = {
+    "classify": (classification_pb2.ClassificationRequest, inference.classify,
+                 rest_json.classification_text),
+    "regress": (regression_pb2.RegressionRequest, inference.regress, rest_json.regression_text),
+}
 
 
 class _EmptyBody400(Exception):
-    """URL conversion failures: TF Serving answers 400 with no body (reference §1.1)."""
+    """URL conversion failures: TF Serving answers 400 with no body."""
 
 
 def _decode(part: str) -> str:
@@ -56,7 +60,7 @@ def _version(text: str | None) -> int | None:
     if text is None:
         return None
     value = int(text)
-    if value > _INT64_MAX:
+    if value > INT64_MAX:
         raise _EmptyBody400()
     return value
 
@@ -64,13 +68,10 @@ def _version(text: str | None) -> int | None:
 class RestApi:
     """Request handling, independent of the HTTP transport (easy to test and reuse)."""
 
-    def __init__(self, server):
-        self.server = server
-        self.manager = server.manager
-        self.metrics = server.metrics
-        flags = server.flags
-        self.timeout_s = flags.rest_api_timeout_in_ms / 1000 if flags.rest_api_timeout_in_ms > 0 \
-            else None
+    def __init__(self, manager, metrics, options: RestOptions):
+        self.manager = manager
+        self.metrics = metrics
+        self.timeout_s = options.timeout_s
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         started = time.monotonic()
@@ -124,8 +125,7 @@ class RestApi:
 
     # ------------------------------------------------------------------ endpoints
     def _status(self, model: str, version: int | None) -> str:
-        response = get_model_status_pb2.GetModelStatusResponse()
-        fill_status(response, self.manager.status(model, version))
+        response = model_status_response(self.manager.status(model, version))
         return json_format.MessageToJson(response, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True, indent=None)
 
@@ -156,33 +156,15 @@ class RestApi:
         return rest_json.response_text(outputs, row_format)
 
     def _classify_regress(self, api, loaded, model, sig_name, request) -> str:
-        input_proto = rest_json.examples_input(request, api)
-        started = time.monotonic()
-        if api == "regress":
-            req = regression_pb2.RegressionRequest()
-            req.model_spec.name = model
-            req.model_spec.signature_name = sig_name
-            req.input.CopyFrom(input_proto)
-            result = inference.regress(loaded, req, self.timeout_s).result
-            self._check_deadline(started)
-            values = rest_json.format_floats(
-                __import__("numpy").array([r.value for r in result.regressions],
-                                          dtype="float32"))
-            return '{"results": [' + ", ".join(values) + "]}"
-        req = classification_pb2.ClassificationRequest()
+        request_type, run, write = _EXAMPLE_APIS[api]
+        req = request_type()
+        req.input.CopyFrom(rest_json.examples_input(request, api))
         req.model_spec.name = model
         req.model_spec.signature_name = sig_name
-        req.input.CopyFrom(input_proto)
-        result = inference.classify(loaded, req, self.timeout_s).result
+        started = time.monotonic()
+        result = run(loaded, req, self.timeout_s).result
         self._check_deadline(started)
-        rows = []
-        for classifications in result.classifications:
-            scores = rest_json.format_floats(__import__("numpy").array(
-                [c.score for c in classifications.classes], dtype="float32"))
-            pairs = [f"[{json.dumps(c.label)}, {s}]" for c, s in
-                     zip(classifications.classes, scores, strict=False)]
-            rows.append("[" + ", ".join(pairs) + "]")
-        return '{"results": [' + ", ".join(rows) + "]}"
+        return write(result)
 
     def _check_deadline(self, started: float) -> None:
         # A graph call cannot be interrupted from Python; an over-deadline result is
@@ -273,8 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, code: int, message: str) -> None:
         self._reply(code, json.dumps({"error": message}).encode())
 
-    def _dispatch(self, method: str) -> None:
-        path = self.path
+    def _dispatch(self) -> None:
+        method, path = self.command, self.path
         if _V1.match(path):
             body = self._read_body() if method == "POST" else b""
             if body is None:
@@ -307,25 +289,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif length:
             self.close_connection = True
 
-    def do_GET(self):  # noqa: N802 (http.server naming)
-        self._dispatch("GET")
+    # http.server calls do_<METHOD>; all but OPTIONS share one router
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _dispatch
 
-    def do_POST(self):  # noqa: N802
-        self._dispatch("POST")
-
-    def do_PUT(self):  # noqa: N802
-        self._dispatch("PUT")
-
-    def do_DELETE(self):  # noqa: N802
-        self._dispatch("DELETE")
-
-    def do_PATCH(self):  # noqa: N802
-        self._dispatch("PATCH")
-
-    def do_HEAD(self):  # noqa: N802
-        self._dispatch("HEAD")
-
-    def do_OPTIONS(self):  # noqa: N802
+    def do_OPTIONS(self):  # noqa: N802 (http.server naming)
         self._discard_body()
         origin = self.headers.get("Origin", "")
         if re.match(r"^https?://", origin):
@@ -339,10 +306,10 @@ class RestServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address, server, max_body_bytes: int, prometheus_path: str | None):
-        self.api = RestApi(server)
-        self.metrics = server.metrics
-        self.cors = server.flags.rest_api_enable_cors_support
-        self.max_body_bytes = max_body_bytes
+    def __init__(self, options: RestOptions, manager, metrics, prometheus_path: str | None):
+        self.api = RestApi(manager, metrics, options)
+        self.metrics = metrics
+        self.cors = options.cors
+        self.max_body_bytes = options.max_body_bytes
         self.prometheus_path = prometheus_path
-        super().__init__(address, _Handler)
+        super().__init__((options.bind_address, options.port), _Handler)

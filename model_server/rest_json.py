@@ -1,9 +1,10 @@
-"""TF Serving's REST JSON dialect: request tensors in, response text out (reference §1.4-1.6).
+"""TF Serving's REST JSON dialect: request tensors in, response text out.
 
 Parsing follows the signature's input dtypes (no inference from JSON), shapes are read from
 the first element at each level and then checked, and floats are written with TF Serving's
 WriteDecimal rule (6 significant digits unless that does not round-trip) from the float32
-value itself, so `0.1` stays `0.1` and not `0.10000000149011612`.
+value itself, so `0.1` stays `0.1` and not `0.10000000149011612`. The request and response
+formats are described in docs/model_server.md, 'REST API'.
 """
 
 from __future__ import annotations
@@ -17,13 +18,22 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 
 from model_server.errors import ServingError, invalid
+from model_server.int_ranges import (
+    INT32_MAX,
+    INT32_MIN,
+    INT64_MAX,
+    INT64_MIN,
+    UINT32_MAX,
+    UINT64_MAX,
+)
 from model_server.tensors import dtype_name
 
+# JSON integers accepted per dtype; the narrow types are checked against int32, as in TF Serving
 _INT_RANGES = {
-    types_pb2.DT_INT32: (-(2**31), 2**31 - 1), types_pb2.DT_INT16: (-(2**31), 2**31 - 1),
-    types_pb2.DT_INT8: (-(2**31), 2**31 - 1), types_pb2.DT_UINT8: (-(2**31), 2**31 - 1),
-    types_pb2.DT_INT64: (-(2**63), 2**63 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
-    types_pb2.DT_UINT64: (0, 2**64 - 1),
+    types_pb2.DT_INT32: (INT32_MIN, INT32_MAX), types_pb2.DT_INT16: (INT32_MIN, INT32_MAX),
+    types_pb2.DT_INT8: (INT32_MIN, INT32_MAX), types_pb2.DT_UINT8: (INT32_MIN, INT32_MAX),
+    types_pb2.DT_INT64: (INT64_MIN, INT64_MAX), types_pb2.DT_UINT32: (0, UINT32_MAX),
+    types_pb2.DT_UINT64: (0, UINT64_MAX),
 }
 _NP = {
     types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
@@ -353,9 +363,25 @@ def response_text(outputs: dict[str, np.ndarray], row_format: bool) -> str:
 
 
 # ------------------------------------------------------------------- classify/regress
+def regression_text(result) -> str:
+    """`{"results": [value, ...]}` of a RegressionResult (float32, like every REST output)."""
+    values = format_floats(np.array([r.value for r in result.regressions], np.float32))
+    return '{"results": [' + ", ".join(values) + "]}"
+
+
+def classification_text(result) -> str:
+    """`{"results": [[[label, score], ...], ...]}` of a ClassificationResult."""
+    rows = []
+    for classifications in result.classifications:
+        classes = classifications.classes
+        scores = format_floats(np.array([c.score for c in classes], np.float32))
+        pairs = [f"[{json.dumps(c.label)}, {s}]" for c, s in zip(classes, scores, strict=True)]
+        rows.append("[" + ", ".join(pairs) + "]")
+    return '{"results": [' + ", ".join(rows) + "]}"
+
+
 def examples_input(body: dict, method: str):
     """{"context"?, "examples"} -> tensorflow.serving.Input with tf.Examples."""
-    from tensorflow.core.example import example_pb2
     from tensorflow_serving.apis import input_pb2
 
     if "examples" not in body:
@@ -374,7 +400,6 @@ def examples_input(body: dict, method: str):
         target = out.example_list
     for item in examples:
         _fill_example(item, target.examples.add())
-    del example_pb2
     return out
 
 
@@ -404,7 +429,7 @@ def _fill_example(obj, example) -> None:
             if this == "bytes":
                 feature.bytes_list.value.append(_b64(v) if t is dict else v.encode())
             elif this == "int64":
-                if t is int and not -(2**63) <= v < 2**63:
+                if t is int and not INT64_MIN <= v <= INT64_MAX:
                     raise invalid("Only int64_t is supported")
                 feature.int64_list.value.append(int(v))
             else:

@@ -1,7 +1,7 @@
 """TensorProto <-> numpy conversion for the gRPC hot path.
 
 `tf.make_tensor_proto` writes `tensor_content`, but TF Serving answers with the typed repeated
-fields (`float_val`, `int64_val`, ...; reference §2.3) and clients read them, so responses are
+fields (`float_val`, `int64_val`, ...) and clients read them, so responses are
 built here field by field. Requests are read the way `Tensor::FromProto` does: from
 `tensor_content` when present (zero-copy `np.frombuffer`), else from the typed field, where
 fewer values than elements repeat the last one and no values mean zeros.

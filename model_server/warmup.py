@@ -1,8 +1,9 @@
 """Replay `assets.extra/tf_serving_warmup_requests` before a version is marked AVAILABLE.
 
-The file is a TFRecord of `tensorflow.serving.PredictionLog` (reference §4). Running those
+The file is a TFRecord of `tensorflow.serving.PredictionLog`. Running those
 requests traces and initialises everything the first real request would otherwise pay for,
-so a hot swap does not show a latency spike. Any failure fails the load, as in TF Serving.
+so a hot swap does not show a latency spike. Any failure fails the load, as in TF Serving
+(docs/model_server.md, 'Warm-up').
 """
 
 from __future__ import annotations

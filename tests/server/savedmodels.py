@@ -1,5 +1,5 @@
 """Tiny SavedModels the server tests serve: Keras, multi-signature tf.Module, multi-output,
-several versions, and a head-shaped model (state [1, S] + N candidates)."""
+several versions, a head-shaped model (state [1, S] + N candidates) and a batching probe."""
 
 from __future__ import annotations
 
@@ -151,12 +151,15 @@ def build_all(root: Path) -> dict[str, Path]:
 
 
 class BatchProbe(tf.Module):
-    """Reports the batch size the graph actually ran with (to observe server-side batching)."""
+    """Shows what server-side batching did: every row reports the number of rows the graph
+    ran with (`rows`) and the first column of every row of that run (`batch`), so a request
+    whose rows hold its own id sees which requests shared its batch."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
     def serve(self, x):
         n = tf.shape(x)[0]
-        return {"rows": tf.fill([n], n), "total": tf.reduce_sum(x, axis=1)}
+        return {"rows": tf.fill([n], n), "total": tf.reduce_sum(x, axis=1),
+                "batch": tf.tile(x[None, :, 0], [n, 1])}
 
 
 def batch_probe_model(path: Path) -> Path:

@@ -1,4 +1,8 @@
-"""Server-side batching driven by a BatchingParameters file (reference §5)."""
+"""Server-side batching driven by a BatchingParameters file (docs/model_server.md, 'Batching').
+
+The batch timeout is long (1 s) so that requests released together always meet in one
+batch: a batch runs when it is full or when its first request has waited that long.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,18 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.server.conftest import Http
 
+MAX_BATCH = 8
+ALLOWED_SIZES = (4, 8)
+
 
 @pytest.fixture(scope="module")
 def batching_server(server_models, tmp_path_factory, model_server_factory):
     root = tmp_path_factory.mktemp("batching")
     params = root / "batching.config"
-    params.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 200000 } "
+    params.write_text(f"max_batch_size {{ value: {MAX_BATCH} }} "
+                      "batch_timeout_micros { value: 1000000 } "
                       "max_enqueued_batches { value: 4 } num_batch_threads { value: 1 } "
-                      "allowed_batch_sizes: 4 allowed_batch_sizes: 8")
+                      + " ".join(f"allowed_batch_sizes: {s}" for s in ALLOWED_SIZES))
     server = model_server_factory({"probe": server_models["probe"],
                                    "head": server_models["head"]},
                                   ["--enable_batching", f"--batching_parameters_file={params}"])
@@ -35,32 +43,53 @@ def probe_request(rows: int, value: float = 1.0, cols: int = 2):
     return request
 
 
-def test_concurrent_requests_are_merged_padded_and_split(batching_server):
-    _server, stub = batching_server
-    results = {}
+def concurrently(call, args) -> dict:
+    """`call(arg)` for every arg, one thread each, released at the same moment;
+    returns {arg: result, or the exception it raised}."""
+    barrier = threading.Barrier(len(args))
+    outcomes = {}
 
-    def call(i):
-        results[i] = stub.Predict(probe_request(1 + i % 2, float(i)), timeout=30)
+    def run(arg):
+        barrier.wait()
+        try:
+            outcomes[arg] = call(arg)
+        except Exception as exc:  # noqa: BLE001 - the caller checks every outcome
+            outcomes[arg] = exc
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=run, args=(arg,)) for arg in args]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    ran_with = set()
-    for i, response in results.items():
-        rows = 1 + i % 2
-        total = tf.make_ndarray(response.outputs["total"])
-        assert total.tolist() == [2.0 * i] * rows  # each request gets its own rows back
-        ran_with.update(tf.make_ndarray(response.outputs["rows"]).tolist())
-    # batches are padded to an allowed size, and at least two requests shared one batch
-    assert ran_with <= {4, 8} and max(ran_with) >= 4
+    return outcomes
+
+
+def test_concurrent_requests_share_a_batch_padded_to_an_allowed_size(batching_server):
+    _server, stub = batching_server
+    rows_of = {1: 1, 2: 2, 3: 1, 4: 2}  # request id (the value of its cells) -> rows
+    responses = concurrently(
+        lambda rid: stub.Predict(probe_request(rows_of[rid], float(rid)), timeout=30), rows_of)
+    batches = set()
+    for rid, response in responses.items():
+        assert not isinstance(response, Exception), f"request {rid}: {response}"
+        out = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
+        assert out["total"].tolist() == [2.0 * rid] * rows_of[rid]  # its own rows came back
+        (ran_with,) = set(out["rows"].tolist())
+        # padding repeats a member's row, so the ids seen in the run are exactly its members
+        members = frozenset(int(v) for v in out["batch"][0])
+        assert rid in members
+        batches.add((members, ran_with))
+    assert any(len(members) > 1 for members, _rows in batches), (
+        f"every request ran alone: {batches}")
+    for members, ran_with in batches:
+        real_rows = sum(rows_of[rid] for rid in members)
+        assert ran_with == min(s for s in ALLOWED_SIZES if s >= real_rows), (members, ran_with)
 
 
 def test_batching_errors(batching_server):
     server, stub = batching_server
     with pytest.raises(grpc.RpcError) as info:
-        stub.Predict(probe_request(9))
+        stub.Predict(probe_request(MAX_BATCH + 1))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "Task size 9 is larger than maximum input batch size 8"
     # the head signature mixes [1, S] and [N]: not batchable, as in TF Serving
@@ -73,25 +102,13 @@ def test_batching_errors(batching_server):
     rest.close()
 
 
-def test_variable_length_inputs_without_padding_fail_together(batching_server):
+def test_variable_length_inputs_in_one_batch_fail_together(batching_server):
+    """Two half batches fill one batch; their widths differ and padding is off."""
     _server, stub = batching_server
-    errors, oks = [], []
-
-    def call(cols):
-        try:
-            stub.Predict(probe_request(1, 1.0, cols), timeout=30)
-            oks.append(cols)
-        except grpc.RpcError as exc:
-            errors.append((exc.code(), exc.details()))
-
-    threads = [threading.Thread(target=call, args=(c,)) for c in (2, 3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    # merged into one batch -> FAILED_PRECONDITION for both; split -> both fine
-    if errors:
-        assert all(code == grpc.StatusCode.FAILED_PRECONDITION and "padding is turned off" in msg
-                   for code, msg in errors)
-    else:
-        assert sorted(oks) == [2, 3]
+    half = MAX_BATCH // 2
+    outcomes = concurrently(
+        lambda cols: stub.Predict(probe_request(half, 1.0, cols), timeout=30), (2, 3))
+    for cols, outcome in outcomes.items():
+        assert isinstance(outcome, grpc.RpcError), f"{cols} columns succeeded: {outcome}"
+        assert outcome.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "padding is turned off" in outcome.details()

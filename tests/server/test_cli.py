@@ -37,6 +37,8 @@ def test_version_and_unknown_arguments():
     (("--model_config_file={missing}",), "cannot read model config file"),
     (("--model_base_path=/x", "--batching_parameters_file={bad}"), "add --enable_batching"),
     (("--model_base_path=/x", "--port=0"), "--port must be non-zero"),
+    (("--model_base_path=/x", "--grpc_channel_arguments=a=1,b"),
+     "--grpc_channel_arguments: expected key=value, got 'b'"),
 ])
 def test_startup_errors(tmp_path, args, message):
     bad = tmp_path / "bad.config"
@@ -46,6 +48,27 @@ def test_startup_errors(tmp_path, args, message):
     assert result.returncode != 0
     assert "Failed to start server. Error: " in result.stderr
     assert message in result.stderr
+
+
+def test_flags_become_each_components_options():
+    from model_server import flags
+    from model_server.options import RestOptions, ServerOptions
+
+    options = ServerOptions.from_flags(flags.parse([
+        "--model_base_path=/m", "--rest_api_port=8501", "--bind_address=0.0.0.0",
+        "--rest_api_timeout_in_ms=0", "--rest_api_enable_cors_support",
+        "--rest_api_max_body_bytes=10", "--grpc_channel_arguments=a=1,b=x,c=4294967296",
+        "--saved_model_tags=serve, gpu", "--tensorflow_session_parallelism=2",
+        "--tensorflow_intra_op_parallelism=3", "--enable_serialization_as_tensor_content"]))
+    assert options.rest == RestOptions(port=8501, bind_address="0.0.0.0", timeout_s=None,
+                                       cors=True, max_body_bytes=10)
+    assert options.grpc.bind_address == "0.0.0.0" and options.grpc.tensor_content
+    # values outside int32 stay strings, as gRPC core expects
+    assert options.grpc.channel_arguments == (("a", 1), ("b", "x"), ("c", "4294967296"))
+    assert options.manager.saved_model_tags == ("serve", "gpu")
+    assert options.manager.num_request_iterations_for_warmup == 1  # 0 means once
+    assert (options.intra_op_threads, options.inter_op_threads) == (3, 2)
+    assert options.model_base_path == "/m" and options.model_name == "default"
 
 
 def test_bad_flag_value_exits():
@@ -160,15 +183,21 @@ def test_launch_execs_real_binary_with_absolute_paths(tmp_path):
                                                                 "dien_head")
 
 
-def test_deploy_writes_container_specs(tmp_path):
+def deploy_specs(out: Path) -> Path:
     from model_server import deploy
 
-    out = tmp_path / "deploy"
     assert deploy.main(["--out", str(out), "--model_config_file",
                         str(ROOT / "serving_configs" / "models.config"),
                         "--monitoring_config_file",
                         str(ROOT / "serving_configs" / "monitoring.config"),
                         "--saved_models", str(ROOT / "saved_models")]) == 0
+    return out
+
+
+def test_deploy_writes_container_specs(tmp_path):
+    from model_server import deploy
+
+    out = deploy_specs(tmp_path / "deploy")
     config = cfg.read_models_config(out / "models.config")
     assert [e.base_path for e in config.model_config_list.config][:2] == [
         "/models/dien_head", "/models/mimn_head"]
@@ -176,14 +205,14 @@ def test_deploy_writes_container_specs(tmp_path):
     assert "tensorflow/serving" in script and "--model_config_file=/config/models.config" in script
     k8s = (out / "k8s.yaml").read_text()
     assert "kind: Deployment" in k8s and "containerPort: 8500" in k8s
-    try:
-        import yaml
-    except ImportError:
-        yaml = None
-    if yaml is not None:
-        docs = list(yaml.safe_load_all(k8s))
-        assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
-        assert "models.config" in docs[0]["data"]
     assert deploy.main(["--out", str(out), "--saved_models", str(tmp_path / "elsewhere"),
                         "--model_config_file",
                         str(ROOT / "serving_configs" / "models.config")]) == 2
+
+
+def test_deploy_kubernetes_spec_is_valid_yaml(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    k8s = (deploy_specs(tmp_path / "deploy") / "k8s.yaml").read_text()
+    docs = list(yaml.safe_load_all(k8s))
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
+    assert "models.config" in docs[0]["data"]

@@ -1,4 +1,5 @@
-"""gRPC API with the tensorflow-serving-api stubs against a real server (reference §2)."""
+"""gRPC API with the tensorflow-serving-api stubs against a real server
+(docs/model_server.md, 'gRPC API')."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""REST API against a real server process (reference §1)."""
+"""REST API against a real server process (docs/model_server.md, 'REST API')."""
 
 from __future__ import annotations
 
@@ -206,7 +206,8 @@ def test_json_parsing_edge_cases(rest):
     assert (status, body) == (200, {"predictions": [2.0]})
     status, body = rest.json("POST", "/v1/models/versioned:predict",
                              '{"pad": ' + "[" * 50000 + "]" * 50000 + ', "instances": [1]}')
-    # TF Serving parses any depth; Python's parser stops near 1000 levels (README.md (Model server))
+    # TF Serving parses any depth; Python's parser stops near 1000 levels (docs/model_server.md,
+    # 'Conformance table')
     assert (status, body) == (400, {"error": "JSON Parse error: nesting too deep for this server"})
     assert rest.json("POST", "/v1/models/versioned/versions/1:predict",
                      {"instances": [1]}) == (200, {"predictions": [1.0]})
