@@ -1,4 +1,4 @@
-"""Apache Beam jobs that keep the per-user interest states in Redis (DESIGN.md §2).
+"""Apache Beam jobs that keep the per-user interest states in Redis (docs/beam_jobs.md).
 
 * `beam_jobs.backfill` - batch: warm up / rebuild every user's state from behaviour logs
   with the exported `tower` (RunInference), point-in-time rebuilds with `--cutoff_ts`.
@@ -8,7 +8,11 @@
 * `beam_jobs.produce`  - push events into the Redis Stream at a chosen rate.
 * `beam_jobs.rollout`  - backfill version v+1 while v serves, then flip the active pointer.
 
-README.md (Beam jobs) explains the idempotency design and how to run on Flink, Spark or Dataflow.
+Shared parts: `redis_streams` (the Redis Streams Beam IO), `updater` (folding events into
+states with `step`), `transforms` (the backfill's building blocks), `model_handler`
+(RunInference for the exports), `metrics` (every counter), `common` (CLI options).
+Every Redis access goes through `uic.store.InterestStore`. docs/beam_jobs.md explains the
+idempotency design and how to run on Flink, Spark or Dataflow.
 """
 
 DEFAULT_STREAM = "uic:events"

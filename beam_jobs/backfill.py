@@ -10,6 +10,9 @@ Pipeline: read event files (JSONL or Taobao CSV; malformed records to a dead-let
 the model version with events_applied and the watermark of the last event folded in.
 It also fills the Architecture A behaviour lists and writes the version's cold-start state
 (the tower on an empty history). Unknown flags are Beam PipelineOptions.
+
+From Python (the roll-out does this): ``run_backfill(BackfillOptions(model=..., events=[...],
+store=StoreConfig(...)))``; the pipeline itself is the composite `BackfillStates`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,48 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from beam_jobs import common
+import apache_beam as beam
+
+from beam_jobs import common, metrics
+from uic.store import DEFAULT_BEHAVIOUR_CAP, StoreConfig
 
 _LOG = logging.getLogger("beam_jobs.backfill")
+ACTIVATE = ("auto", "yes", "no")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackfillOptions:
+    """One backfill run.
+
+    Args:
+      model: sequence model (`uic.contract.SEQUENCE_MODELS`).
+      events: event files or globs (events JSONL or Taobao CSV, local or a Beam file system).
+      store: the interest store to write.
+      saved_models: export root; version: export version (None: the newest).
+      cutoff_ms: fold only events with event_time_ms <= this (point-in-time rebuild).
+      max_history: fold only each user's last N events.
+      batch_size: users per tower call.
+      behaviour_cap, with_behaviours: Architecture A behaviour lists.
+      dead_letter: JSON-lines file for malformed records (None:
+        dead_letter/backfill-<model>-v<version>.jsonl).
+      activate: set the active-version pointer afterwards: "auto" (only if none is set),
+        "yes" or "no".
+      beam_args: Beam pipeline flags (``--runner=FlinkRunner`` ...).
+    """
+
+    model: str
+    events: Sequence[str]
+    store: StoreConfig = StoreConfig()
+    saved_models: str = "saved_models"
+    version: int | None = None
+    cutoff_ms: int | None = None
+    max_history: int | None = None
+    batch_size: int = 64
+    behaviour_cap: int = DEFAULT_BEHAVIOUR_CAP
+    with_behaviours: bool = True
+    dead_letter: str | None = None
+    activate: str = "auto"
+    beam_args: Sequence[str] = ()
 
 
 @dataclasses.dataclass
@@ -35,6 +77,88 @@ class BackfillResult:
     seconds: float
     dead_letter_path: str
     activated: bool
+
+
+class BackfillStates(beam.PTransform):
+    """PBegin -> every user's state of (model, version) written, plus the cold-start state,
+    the behaviour lists and the dead-letter file. `options` must be resolved: `version` set,
+    `events` expanded to file paths, `dead_letter` set (`run_backfill` does this)."""
+
+    def __init__(self, options: BackfillOptions):
+        super().__init__()
+        if options.version is None or options.dead_letter is None:
+            raise ValueError("BackfillStates needs resolved options (version, dead_letter)")
+        self.options = options
+
+    def expand(self, pbegin):
+        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+        from beam_jobs import transforms as t
+        from beam_jobs.model_handler import SignatureModelHandler, tower_example
+
+        opt = self.options
+        read = pbegin | "Read" >> t.ReadEventFiles(opt.events, opt.cutoff_ms)
+        built = read.events | "Histories" >> t.BuildHistories(
+            opt.max_history, opt.behaviour_cap, opt.with_behaviours)
+        cold = pbegin | "ColdStart" >> beam.Create([(t.COLD_START_KEY, tower_example([], []))])
+        handler = KeyedModelHandler(SignatureModelHandler(
+            opt.saved_models, opt.model, "tower", opt.version, max_batch_size=opt.batch_size))
+        states = ((built.histories, cold) | "All" >> beam.Flatten()
+                  | "Tower" >> RunInference(handler))
+        written = states | "Write" >> t.WriteStates(opt.store, opt.model, opt.version)
+        if opt.with_behaviours:
+            built[t.BEHAVIOURS] | "Behaviours" >> t.AppendBehaviours(opt.store, opt.behaviour_cap)
+        read[t.DEAD] | "DeadLetter" >> t.WriteDeadLetters(opt.dead_letter)
+        return written
+
+
+def _resolve(options: BackfillOptions) -> BackfillOptions:
+    """Check the options and fill in the version, the file list and the dead-letter path,
+    so that every mistake fails here, before a pipeline starts."""
+    from uic import contract
+
+    if options.model not in contract.SEQUENCE_MODELS:
+        raise common.JobError(f"model must be one of {list(contract.SEQUENCE_MODELS)}, got "
+                              f"{options.model!r}")
+    if options.max_history is not None and options.max_history < 1:
+        raise common.JobError(f"--max_history must be >= 1, got {options.max_history}")
+    if options.batch_size < 1:
+        raise common.JobError(f"--batch_size must be >= 1, got {options.batch_size}")
+    if options.activate not in ACTIVATE:
+        raise common.JobError(f"activate must be one of {ACTIVATE}, got {options.activate!r}")
+    version = common.check_export(options.saved_models, options.model, options.version,
+                                  ["tower"])
+    dead = options.dead_letter or f"dead_letter/backfill-{options.model}-v{version}.jsonl"
+    if "://" not in dead:
+        Path(dead).parent.mkdir(parents=True, exist_ok=True)
+    return dataclasses.replace(options, version=version, dead_letter=dead,
+                               events=common.expand_inputs(options.events))
+
+
+def run_backfill(options: BackfillOptions) -> BackfillResult:
+    """Run one backfill to completion; raises `common.JobError` on bad options."""
+    opt = _resolve(options)
+    store = common.open_store(opt.store)
+    pipeline_options = common.pipeline_options(opt.beam_args, streaming=False)
+    _LOG.info("backfill %s v%d from %d file(s)%s", opt.model, opt.version, len(opt.events),
+              f", cutoff {opt.cutoff_ms}" if opt.cutoff_ms is not None else "")
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(runner=common.make_runner(pipeline_options),
+                             options=pipeline_options)
+    pipeline | "Backfill" >> BackfillStates(opt)
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - started
+    totals = dict.fromkeys(("users", "events", "rejected", "duplicates", "after_cutoff",
+                            "states_written", "states_not_newer"), 0)
+    totals.update(metrics.totals(result, metrics.BACKFILL))
+
+    activated = False
+    if opt.activate == "yes" or (opt.activate == "auto"
+                                 and store.get_active_version(opt.model) is None):
+        store.set_active_version(opt.model, opt.version)
+        activated = True
+    return BackfillResult(opt.model, opt.version, totals, seconds, opt.dead_letter, activated)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,79 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: dead_letter/backfill-<model>-v<version>.jsonl)")
     parser.add_argument("--no_behaviours", action="store_true",
                         help="do not fill the Architecture A behaviour lists")
-    parser.add_argument("--activate", choices=["auto", "yes", "no"], default="auto",
+    parser.add_argument("--activate", choices=ACTIVATE, default="auto",
                         help="set the model's active-version pointer to this version after a "
                              "successful run: auto = only if none is set (default: auto)")
     return parser
 
 
-def build_pipeline(pipeline, *, paths: Sequence[str], model: str, version: int,
-                   saved_models: str, store_config: dict, cutoff_ms: int | None,
-                   max_history: int | None, batch_size: int, behaviour_cap: int,
-                   with_behaviours: bool, dead_letter_path: str) -> None:
-    """Add the backfill transforms to `pipeline` (shared by the CLI, roll-out and tests)."""
-    import apache_beam as beam
-    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-
-    from beam_jobs import transforms as t
-    from beam_jobs.model_handler import SignatureModelHandler, tower_example
-
-    read = pipeline | "Read" >> t.ReadEventFiles(paths, cutoff_ms)
-    built = read.events | "Histories" >> t.BuildHistories(max_history, behaviour_cap,
-                                                          with_behaviours)
-    cold = pipeline | "ColdStart" >> beam.Create([(t.COLD_START_KEY, tower_example([], []))])
-    handler = KeyedModelHandler(SignatureModelHandler(saved_models, model, "tower", version,
-                                                      max_batch_size=batch_size))
-    states = ((built.histories, cold) | "All" >> beam.Flatten()
-              | "Tower" >> RunInference(handler))
-    states | "Write" >> t.WriteStates(store_config, model, version)
-    if with_behaviours:
-        built[t.BEHAVIOURS] | "Behaviours" >> t.AppendBehaviours(store_config, behaviour_cap)
-    read[t.DEAD] | "DeadLetter" >> t.WriteDeadLetters(dead_letter_path)
-
-
 def run(argv: Sequence[str] | None = None) -> BackfillResult:
-    """Parse arguments, run the pipeline to completion, return its counters."""
-    import apache_beam as beam
-
+    """The command line: parse arguments into `BackfillOptions` and run it."""
     args, beam_args = build_parser().parse_known_args(argv)
     common.setup_logging(args.verbose)
-    if args.max_history is not None and args.max_history < 1:
-        raise common.JobError(f"--max_history must be >= 1, got {args.max_history}")
-    if args.batch_size < 1:
-        raise common.JobError(f"--batch_size must be >= 1, got {args.batch_size}")
-    version = common.check_export(args.saved_models, args.model, args.version, ["tower"])
-    cutoff_ms = common.parse_cutoff(args.cutoff_ts)
-    paths = common.expand_inputs(args.events)
-    dead_path = args.dead_letter or f"dead_letter/backfill-{args.model}-v{version}.jsonl"
-    if "://" not in dead_path:
-        Path(dead_path).parent.mkdir(parents=True, exist_ok=True)
-    store_config = common.store_config(args)
-    store = common.open_store(store_config)
-
-    options = common.pipeline_options(beam_args, streaming=False)
-    _LOG.info("backfill %s v%d from %d file(s)%s", args.model, version, len(paths),
-              f", cutoff {cutoff_ms}" if cutoff_ms is not None else "")
-    started = time.perf_counter()
-    pipeline = beam.Pipeline(runner=common.make_runner(options), options=options)
-    build_pipeline(pipeline, paths=paths, model=args.model, version=version,
-                   saved_models=args.saved_models, store_config=store_config,
-                   cutoff_ms=cutoff_ms, max_history=args.max_history,
-                   batch_size=args.batch_size, behaviour_cap=args.behaviour_cap,
-                   with_behaviours=not args.no_behaviours, dead_letter_path=dead_path)
-    result = pipeline.run()
-    result.wait_until_finish()
-    seconds = time.perf_counter() - started
-    totals = dict.fromkeys(("users", "events", "rejected", "duplicates", "after_cutoff",
-                            "states_written", "states_not_newer"), 0)
-    totals.update(common.metric_totals(result, "backfill"))
-
-    activated = False
-    if args.activate == "yes" or (args.activate == "auto"
-                                  and store.get_active_version(args.model) is None):
-        store.set_active_version(args.model, version)
-        activated = True
-    return BackfillResult(args.model, version, totals, seconds, dead_path, activated)
+    return run_backfill(BackfillOptions(
+        model=args.model, events=args.events, store=common.store_config(args),
+        saved_models=args.saved_models, version=args.version,
+        cutoff_ms=common.parse_cutoff(args.cutoff_ts), max_history=args.max_history,
+        batch_size=args.batch_size, behaviour_cap=args.behaviour_cap,
+        with_behaviours=not args.no_behaviours, dead_letter=args.dead_letter,
+        activate=args.activate, beam_args=tuple(beam_args)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """Pieces every job shares: CLI options for the store and model, version resolution,
-runner selection, input globbing and the metrics summary.
+runner selection, input globbing and the printed summary (the counters are in
+`beam_jobs.metrics`).
 
 Kept in one place so the backfill, the stream job and the roll-out parse `--model`,
 `--version`, `--redis_url` ... the same way and fail with the same clear messages.
@@ -16,9 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from uic import contract
-from uic.store import DEFAULT_BEHAVIOUR_CAP, DEFAULT_NAMESPACE, DEFAULT_REDIS_URL
-
-_LOG = logging.getLogger(__name__)
+from uic.store import (
+    DEFAULT_BEHAVIOUR_CAP,
+    DEFAULT_NAMESPACE,
+    DEFAULT_REDIS_URL,
+    InterestStore,
+    StoreConfig,
+    StoreError,
+)
 
 
 class JobError(Exception):
@@ -48,18 +54,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def store_config(args: argparse.Namespace):
+def store_config(args: argparse.Namespace) -> StoreConfig:
     """The `uic.store.StoreConfig` the flags describe (picklable; workers connect from it)."""
-    from uic.store import StoreConfig
-
     return StoreConfig(url=args.redis_url, cluster=bool(args.redis_cluster),
                        namespace=args.namespace, dtype=args.state_dtype)
 
 
-def open_store(config):
+def open_store(config: StoreConfig) -> InterestStore:
     """An InterestStore from a `StoreConfig` (connection checked now, clear error if not)."""
-    from uic.store import StoreError
-
     try:
         return config.connect()
     except StoreError as err:
@@ -167,22 +169,6 @@ def make_runner(options):
 
         return FnApiRunner()
     return None  # Beam builds the runner named by --runner
-
-
-def metric_totals(result, namespace: str) -> dict[str, int]:
-    """Committed (or attempted) counter values of one namespace, by name."""
-    totals: dict[str, int] = {}
-    try:
-        counters = result.metrics().query()["counters"]
-    except Exception as err:  # some runners do not report metrics
-        _LOG.warning("could not query metrics: %s", err)
-        return totals
-    for counter in counters:
-        if counter.key.metric.namespace != namespace:
-            continue
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
-    return totals
 
 
 def print_summary(title: str, totals: dict[str, int], extra: dict[str, object] | None = None

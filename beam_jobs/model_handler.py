@@ -6,7 +6,7 @@ ONE stacked tensor (`model(tf.stack(batch))`). Our parts take several named inpu
 different dtypes and ragged lengths (`hist_item_ids`, `hist_cate_ids`, `hist_len` ...), so
 this handler loads the SavedModel with `tf.saved_model.load`, takes the `serving_default`
 signature, and builds each batch from per-user examples by right-padding the sequence
-inputs (padding is a no-op by the model contract, DESIGN.md §4). Inputs and dtypes come from
+inputs (padding is a no-op: docs/models.md, 'The model contract'). Inputs and dtypes come from
 `uic.contract.SIGNATURES`, so the handler cannot drift from the exports.
 
 An example is a dict keyed by the signature's input names holding ONE row: sequences as 1-D

@@ -4,7 +4,9 @@
         --redis_url redis://127.0.0.1:6390/0 [--stream uic:events] [--limit 5000]
     python -m beam_jobs.produce --synthetic 10000 --users 500 --rate 1000 ...
 
-Each entry is ``XADD <stream> * event <Event JSON>``. Lines of a JSONL file are sent as
+Each entry is ``XADD <stream> * event <Event JSON>``, written through the interest store
+(`InterestStore.add_to_stream`); `beam_jobs.redis_streams.WriteToRedisStream` is the same
+write as a Beam transform. Lines of a JSONL file are sent as
 they are, malformed ones included: validating is the stream job's work, and it dead-letters
 them to `<stream>:dlq`. CSV files (Taobao format) are converted with the project's reader.
 """
@@ -18,6 +20,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from beam_jobs import DEFAULT_STREAM, EVENT_FIELD
+from uic.store import DEFAULT_REDIS_URL, InterestStore, StoreError, connect, redact_url
 
 
 def file_payloads(path: str) -> Iterator[str]:
@@ -52,9 +55,9 @@ def synthetic_payloads(count: int, *, users: int, items: int, categories: int, s
                     event_time_ms=t0 + i, event_id=f"syn-{seed}-{i}").to_json()
 
 
-def produce(client, stream: str, payloads: Iterable[str | bytes], *, rate: float = 0.0,
-            total: int | None = None, maxlen: int | None = None, progress: bool = True,
-            on_sent=None) -> dict[str, float]:
+def produce(store: InterestStore, stream: str, payloads: Iterable[str | bytes], *,
+            rate: float = 0.0, total: int | None = None, maxlen: int | None = None,
+            progress: bool = True, on_sent=None) -> dict[str, float]:
     """XADD every payload to `stream`, paced to `rate` events/s (0 = as fast as possible).
 
     Sends in small pipelined groups; `on_sent(n_sent_so_far, wall_time)` is called after each
@@ -79,13 +82,7 @@ def produce(client, stream: str, payloads: Iterable[str | bytes], *, rate: float
                 delay = due - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            pipe = client.pipeline(transaction=False)
-            for payload in group:
-                if maxlen:
-                    pipe.xadd(stream, {EVENT_FIELD: payload}, maxlen=maxlen, approximate=True)
-                else:
-                    pipe.xadd(stream, {EVENT_FIELD: payload})
-            pipe.execute()
+            store.add_to_stream(stream, ({EVENT_FIELD: p} for p in group), maxlen=maxlen)
             sent += len(group)
             bar.update(len(group))
             if on_sent is not None:
@@ -107,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--synthetic", type=int, metavar="N", help="send N random valid events")
     parser.add_argument("--rate", type=float, default=100.0,
                         help="events per second, 0 = as fast as possible (default: %(default)s)")
-    parser.add_argument("--redis_url", default="redis://127.0.0.1:6390/0",
-                        help="default: %(default)s")
+    parser.add_argument("--redis_url", default=DEFAULT_REDIS_URL, help="default: %(default)s")
+    parser.add_argument("--redis_cluster", action="store_true",
+                        help="the URL points at a Redis Cluster node")
     parser.add_argument("--stream", default=DEFAULT_STREAM, help="default: %(default)s")
     parser.add_argument("--limit", type=int, default=None, help="send at most this many events")
     parser.add_argument("--maxlen", type=int, default=None,
@@ -123,12 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import redis
-
     args = build_parser().parse_args(argv)
     problems = []
     if args.rate < 0:
         problems.append(f"--rate must be >= 0 events/s, got {args.rate}")
+    if args.maxlen is not None and args.maxlen < 1:
+        problems.append(f"--maxlen must be >= 1 entries, got {args.maxlen}")
     if args.limit is not None and args.limit < 1:
         problems.append(f"--limit must be >= 1, got {args.limit}")
     if args.synthetic is not None and args.synthetic < 1:
@@ -146,12 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in problems:
             print(f"error: {p}", file=sys.stderr)
         return 2
-    client = redis.Redis.from_url(args.redis_url)
     try:
-        client.ping()
-    except redis.RedisError as err:
-        print(f"error: cannot reach Redis at {args.redis_url}: {err}; start it with "
-              "`make redis-start` or pass --redis_url", file=sys.stderr)
+        store = connect(args.redis_url, cluster=args.redis_cluster)
+    except StoreError as err:
+        print(f"error: {err} (or pass --redis_url)", file=sys.stderr)
         return 2
     if args.events is not None:
         payloads: Iterable[str] = file_payloads(args.events)
@@ -163,10 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is not None:
         payloads = itertools.islice(payloads, args.limit)
         total = min(total, args.limit) if total else args.limit
-    stats = produce(client, args.stream, payloads, rate=args.rate, total=total,
+    stats = produce(store, args.stream, payloads, rate=args.rate, total=total,
                     maxlen=args.maxlen, progress=not args.quiet)
     print(f"sent {stats['sent']:,} events to {args.stream} in {stats['seconds']:.1f} s "
-          f"({stats['rate']:,.0f} ev/s); stream length now {client.xlen(args.stream):,}")
+          f"({stats['rate']:,.0f} ev/s) at {redact_url(args.redis_url)}; stream length now "
+          f"{store.stream_length(args.stream):,}")
     return 0
 
 

@@ -11,10 +11,10 @@ catch up from the Redis Stream (`--stream`): replay its retained entries onto th
 version with its `step` (the watermark rule skips what the logs already covered); (3) check
 the backfill is complete (every user written or already newer, cold-start state present);
 (4) only then flip the active pointer, which the stream job and the client follow; (5)
-retire the old version: `--retention_seconds 0` deletes its states now, otherwise the
-deadline is recorded in `<namespace>:m:<model>:retire` (a hash version -> epoch ms) and a
-later `--cleanup` run (cron) deletes every retired version whose deadline has passed. Until
-then the old states stay available for an instant roll-back (flip the pointer back).
+retire the old version: `--retention_seconds 0` deletes its states now, otherwise the store
+records its deadline (`InterestStore.retire_version`) and a later `--cleanup` run (cron)
+deletes every retired version whose deadline has passed. Until then the old states stay
+available for an instant roll-back (flip the pointer back).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from beam_jobs import backfill, common
+from beam_jobs import common
+from beam_jobs.backfill import BackfillOptions, run_backfill
+from uic.store import redact_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,56 +55,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cleanup(store, model: str, now_ms: int | None = None) -> list[int]:
     """Delete the states of retired versions whose retention has passed; returns them."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    key = store.retire_key(model)
-    active = store.get_active_version(model)
-    deleted = []
-    for raw_version, raw_deadline in store.client.hgetall(key).items():
-        version, deadline = int(raw_version), int(raw_deadline)
-        if version == active:  # rolled back to it meanwhile: keep
-            store.client.hdel(key, raw_version)
-            continue
-        if deadline <= now_ms:
-            removed = store.delete_version(model, version)
-            store.client.hdel(key, raw_version)
-            deleted.append(version)
-            print(f"deleted {removed:,} keys of {model} v{version} (retention passed)")
-    return deleted
+    deleted = store.delete_retired_versions(model, now_ms)
+    for version, keys in deleted.items():
+        print(f"deleted {keys:,} keys of {model} v{version} (retention passed)")
+    return list(deleted)
 
 
-def catch_up(store, args: argparse.Namespace, version: int, chunk: int = 2000) -> dict[str, int]:
-    """Replay the stream's retained entries onto `version` (idempotent by the watermark)."""
-    from beam_jobs.redis_source import to_records
+def catch_up(store, options: BackfillOptions, stream: str, chunk: int = 2000
+             ) -> dict[str, int]:
+    """Replay the stream's retained entries onto `options.version` with its `step`
+    (idempotent by the watermark: what the logs already covered counts as duplicates)."""
+    from beam_jobs.redis_streams import to_record
     from beam_jobs.updater import StateUpdater
     from uic.events import Event, InvalidEvent
 
-    updater = StateUpdater(store, args.saved_models, args.model, version,
-                           behaviour_cap=args.behaviour_cap)
+    updater = StateUpdater(store, options.saved_models, options.model, options.version,
+                           behaviour_cap=options.behaviour_cap,
+                           with_behaviours=options.with_behaviours)
     totals = {"entries": 0, "applied": 0, "duplicates": 0, "late_or_invalid": 0}
-    start = "-"
-    while True:
-        entries = store.client.xrange(args.stream, min=start, count=chunk)
-        records = to_records(entries)
-        if not records:
-            return totals
+    for entries in store.replay_stream(stream, chunk=chunk):
         events = []
-        for _, payload in records:
+        for _, payload in map(to_record, entries):
             try:
                 events.append(Event.from_json(payload or b""))
             except InvalidEvent:
                 totals["late_or_invalid"] += 1
         outcome = updater.apply(events)
-        totals["entries"] += len(records)
+        totals["entries"] += len(entries)
         totals["applied"] += outcome.applied
         totals["duplicates"] += outcome.duplicates
         totals["late_or_invalid"] += len(outcome.late)
-        start = "(" + records[-1][0]
+    return totals
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     common.setup_logging(args.verbose)
-    store = common.open_store(common.store_config(args))
+    config = common.store_config(args)
+    store = common.open_store(config)
     if args.cleanup:
         deleted = cleanup(store, args.model)
         print(f"cleanup: {len(deleted)} retired version(s) deleted {deleted}")
@@ -119,16 +109,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"roll-out {args.model}: v{old} serving, backfilling v{new} ...", flush=True)
 
-    argv_backfill = ["--model", args.model, "--version", str(new),
-                     "--saved_models", str(args.saved_models), "--redis_url", args.redis_url,
-                     "--namespace", args.namespace, "--state_dtype", args.state_dtype,
-                     "--behaviour_cap", str(args.behaviour_cap), "--activate", "no",
-                     "--events", *args.events]
-    if args.redis_cluster:
-        argv_backfill.append("--redis_cluster")
-    if args.max_history is not None:
-        argv_backfill += ["--max_history", str(args.max_history)]
-    result = backfill.run(argv_backfill + list(beam_args))
+    options = BackfillOptions(
+        model=args.model, events=args.events, store=config, saved_models=args.saved_models,
+        version=new, max_history=args.max_history, behaviour_cap=args.behaviour_cap,
+        activate="no", beam_args=tuple(beam_args))
+    result = run_backfill(options)
     totals = result.totals
     users = totals.get("users", 0)
     done = totals.get("states_written", 0) + totals.get("states_not_newer", 0)
@@ -140,7 +125,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(f"backfilled v{new}: {users:,} users, {totals.get('events', 0):,} events in "
           f"{result.seconds:.1f} s")
     if args.stream:
-        caught = catch_up(store, args, new)
+        caught = catch_up(store, options, args.stream)
         print(f"caught up from {args.stream}: {caught}")
 
     if store.get_active_version(args.model) != old:
@@ -154,10 +139,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             print(f"deleted {store.delete_version(args.model, old):,} keys of v{old}")
         else:
             deadline = int(time.time() * 1000) + args.retention_seconds * 1000
-            store.client.hset(store.retire_key(args.model), str(old), str(deadline))
+            store.retire_version(args.model, old, deadline)
             print(f"v{old} states kept for {args.retention_seconds} s (roll back: set the "
                   f"pointer to {old}); delete them later with `python -m beam_jobs.rollout "
-                  f"--model {args.model} --redis_url {args.redis_url} --cleanup`")
+                  f"--model {args.model} --redis_url {redact_url(args.redis_url)} --cleanup`")
     return 0
 
 

@@ -3,23 +3,28 @@
     python -m beam_jobs.stream --model dien --saved_models saved_models \
         --redis_url redis://127.0.0.1:6390/0 [--stream uic:events] [--max_idle_seconds 10]
 
-Pipeline (Beam streaming): `ReadRedisStream` (an unbounded splittable DoFn polling the
-stream with XREADGROUP; each poll, coalesced over `--coalesce_ms`, is one batch) ->
-`UpdateStatesFn`: validate each entry (bad ones to `<stream>:dlq` with the reason and the raw
-payload), group the batch by user, order by (time, id), apply the exported `step` to the new
-events of all users in one batched call per chunk, compare-and-set the states, append the
-behaviours, and only then acknowledge the entries. New users start from the version's
+Pipeline (Beam streaming)::
+
+    ReadFromRedisStream            batches of (entry id, Event JSON), one per poll
+    | UpdateInterestStates         validate, apply `step` to each user's new events, CAS-write
+    | AckRedisStream               dead letters to <stream>:dlq, then XACK
+
+`UpdateInterestStates` validates each entry (bad ones become dead letters with the reason and
+the raw payload), groups the batch by user, orders by (time, id), applies the exported
+`step` to the new events of all users in one batched call per chunk, appends the behaviours
+and compare-and-sets the states (`beam_jobs.updater`). New users start from the version's
 cold-start state. The version followed is the store's active pointer (or `--version`).
 
-Why one DoFn does coalesce + step + CAS + ack: a user's batches must be applied in order and
-the ack must follow the write; doing both inside the DoFn that owns the batch keeps that
-true without cross-bundle state. Parallelism comes from more consumers in the group (more
-workers), each owning its own batches (see README.md (Beam jobs) for the per-user ordering caveat).
+A batch is one element from the read to the ack, so a user's batches are applied in order
+and an entry is acknowledged only after its writes, without cross-bundle state. Parallelism
+comes from more consumers in the group (more workers); docs/beam_jobs.md explains the
+per-user ordering caveat this leaves.
 
 Production sources (wired, not testable here: no Pub/Sub or Kafka on this machine):
 `--source pubsub --pubsub_subscription projects/P/subscriptions/S`, or `--source kafka
 --kafka_bootstrap host:9092 --kafka_topic T` (cross-language: needs Java on the workers);
-there the runner acknowledges on checkpoint. Unknown flags go to Beam PipelineOptions.
+there the runner acknowledges on checkpoint and the dead letters still go to
+`<stream>:dlq` in Redis. Unknown flags go to Beam PipelineOptions.
 """
 
 from __future__ import annotations
@@ -27,120 +32,119 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from beam_jobs import DEFAULT_STREAM, common
+from beam_jobs import DEFAULT_STREAM, common, metrics
+from beam_jobs.metrics import Stream as M
+from beam_jobs.redis_streams import (
+    AckRedisStream,
+    DeadLetter,
+    Processed,
+    ReadFromRedisStream,
+    Record,
+)
+from uic.store import DEFAULT_BEHAVIOUR_CAP, StoreConfig
 
 _LOG = logging.getLogger("beam_jobs.stream")
-NAMESPACE = "stream"
+NO_EVENT_FIELD = ("entry has no 'event' field (or was deleted while pending): XADD <stream> * event "
+                  "<Event JSON>")
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamConfig:
-    store: dict
+class UpdateOptions:
+    """What `UpdateInterestStates` updates and how (picklable: shipped to the workers).
+
+    version None follows the store's active-version pointer."""
+
+    store: StoreConfig
     saved_models: str
     model: str
-    version: int | None
-    stream: str
-    group: str
-    max_step_events: int
-    behaviour_cap: int
-    with_behaviours: bool
-    crash_after_writes: int | None = None  # testing: SIGKILL self after N writes, before ack
+    version: int | None = None
+    max_step_events: int = 64
+    behaviour_cap: int = DEFAULT_BEHAVIOUR_CAP
+    with_behaviours: bool = True
 
 
-class UpdateStatesFn(beam.DoFn):
-    """Batch of stream records -> validated, applied, written, acknowledged.
+class _UpdateBatchFn(beam.DoFn):
+    """A batch of records -> events applied and written -> `Processed` (what to ack and what
+    to dead-letter). Entries whose events lost every CAS race are in neither: they stay
+    pending and are claimed again later."""
 
-    Records are ``(entry_id, payload)``; `entry_id` None means the source acknowledges by
-    itself (Pub/Sub, Kafka), otherwise entries are XACKed here after the writes.
-    """
-
-    def __init__(self, config: StreamConfig):
-        self.config = config
-        names = ["batches", "entries", "rejected", "late", "duplicates", "applied", "users",
-                 "new_users", "states_written", "cas_retries", "unapplied"]
-        self.counters = {n: Metrics.counter(NAMESPACE, n) for n in names}
-        self.freshness = Metrics.distribution(NAMESPACE, "entry_to_write_ms")
+    def __init__(self, options: UpdateOptions):
+        self.options = options
 
     def setup(self):
-        from beam_jobs.redis_source import StreamAcker
         from beam_jobs.updater import StateUpdater
 
-        cfg = self.config
-        self.store = common.open_store(cfg.store)
-        self.updater = StateUpdater(self.store, cfg.saved_models, cfg.model, cfg.version,
-                                    max_step_events=cfg.max_step_events,
-                                    behaviour_cap=cfg.behaviour_cap,
-                                    with_behaviours=cfg.with_behaviours)
-        self.acker = StreamAcker(self.store.client, cfg.stream, cfg.group)
-        self.writes = 0
+        opt = self.options
+        self.store = common.open_store(opt.store)
+        self.updater = StateUpdater(self.store, opt.saved_models, opt.model, opt.version,
+                                    max_step_events=opt.max_step_events,
+                                    behaviour_cap=opt.behaviour_cap,
+                                    with_behaviours=opt.with_behaviours)
 
-    def process(self, records):
-        handle_batch(self, records)
+    def process(self, records: Sequence[Record]):
+        from uic.events import Event, InvalidEvent
 
-
-def handle_batch(fn, records) -> None:
-    """The body of UpdateStatesFn.process (module level so it reads top to bottom)."""
-    from beam_jobs.redis_source import entry_time_ms
-    from uic.events import Event, InvalidEvent
-
-    c = fn.counters
-    c["batches"].inc()
-    c["entries"].inc(len(records))
-    events: list[Event] = []
-    entries_of: dict[tuple[int, int, str], list[str]] = {}
-    dead: list[tuple[str, str, bytes | str]] = []
-    ackable: list[str] = []
-    for entry_id, payload in records:
-        if payload is None:
-            dead.append((entry_id or "", "entry has no 'event' field: XADD <stream> * event "
-                         "<Event JSON>", b""))
-        else:
-            try:
-                event = Event.from_json(payload)
-            except InvalidEvent as err:
-                dead.append((entry_id or "", f"invalid event: {err}", payload))
+        M.batches.inc()
+        M.entries.inc(len(records))
+        events: list[Event] = []
+        entries_of: dict[tuple[int, int, str], list[str]] = {}  # (user, time, id) -> entry ids
+        dead: list[DeadLetter] = []
+        ack: list[str] = []
+        for entry_id, payload in records:
+            if payload is None:
+                reason = NO_EVENT_FIELD
             else:
-                events.append(event)
-                if entry_id is not None:
-                    entries_of.setdefault((event.user_id, *event.sort_key), []).append(entry_id)
-                continue
-        if entry_id is not None:
-            ackable.append(entry_id)
-    c["rejected"].inc(len(dead))
+                try:
+                    event = Event.from_json(payload)
+                except InvalidEvent as err:
+                    reason = f"invalid event: {err}"
+                else:
+                    events.append(event)
+                    if entry_id is not None:
+                        entries_of.setdefault((event.user_id, *event.sort_key), []).append(
+                            entry_id)
+                    continue
+            dead.append(DeadLetter(entry_id or "", reason, payload or b""))
+            if entry_id is not None:
+                ack.append(entry_id)
+        M.rejected.inc(len(dead))
+        if events:
+            outcome = self.updater.apply(events)
+            for name in ("duplicates", "applied", "users", "new_users", "states_written",
+                         "cas_retries"):
+                getattr(M, name).inc(getattr(outcome, name))
+            M.late.inc(len(outcome.late))
+            M.unapplied.inc(len(outcome.unapplied))
+            for event, reason in outcome.late:
+                for entry_id in entries_of.get((event.user_id, *event.sort_key), [""]):
+                    dead.append(DeadLetter(entry_id, reason, event.to_json()))
+            held = {(e.user_id, *e.sort_key) for e in outcome.unapplied}
+            ack.extend(i for key, ids in entries_of.items() if key not in held for i in ids)
+        yield Processed(tuple(ack), tuple(dead))
 
-    outcome = fn.updater.apply(events) if events else None
-    if outcome is not None:
-        c["late"].inc(len(outcome.late))
-        for name in ("duplicates", "applied", "users", "new_users", "states_written",
-                     "cas_retries"):
-            c[name].inc(getattr(outcome, name))
-        c["unapplied"].inc(len(outcome.unapplied))
-        for event, reason in outcome.late:
-            for entry_id in entries_of.get((event.user_id, *event.sort_key), [""]):
-                dead.append((entry_id, reason, event.to_json()))
-        held = {(e.user_id, *e.sort_key) for e in outcome.unapplied}
-        for key, ids in entries_of.items():
-            if key not in held:  # unapplied entries stay pending: XAUTOCLAIM retries them
-                ackable.extend(ids)
-        fn.writes += 1
-        cfg = fn.config
-        if cfg.crash_after_writes is not None and fn.writes >= cfg.crash_after_writes:
-            _LOG.warning("crash injection: SIGKILL after write %d, before the ack", fn.writes)
-            os.kill(os.getpid(), signal.SIGKILL)
-    fn.acker.finish(ackable, dead)
-    now_ms = time.time() * 1000.0
-    for entry_id in ackable:
-        if entry_id and entry_id[0].isdigit():
-            fn.freshness.update(int(now_ms - entry_time_ms(entry_id)))
+    def teardown(self):
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.client.close()
+
+
+class UpdateInterestStates(beam.PTransform):
+    """PCollection of record batches -> PCollection of `Processed`, after the states and
+    behaviour lists of the batch's events are written. Apply `AckRedisStream` to the output
+    (for a Redis source) so entries are acknowledged only after their writes."""
+
+    def __init__(self, options: UpdateOptions):
+        super().__init__()
+        self.options = options
+
+    def expand(self, batches):
+        return batches | "ApplyStep" >> beam.ParDo(_UpdateBatchFn(self.options))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,9 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "messages)")
     parser.add_argument("--kafka_bootstrap", default=None, help="--source kafka: host:port,...")
     parser.add_argument("--kafka_topic", default=None, help="--source kafka: topic of Event JSON")
-    parser.add_argument("--crash_after_writes", type=int, default=None,
-                        help="testing only: SIGKILL the job after N batch writes, before their "
-                             "ack (shows at-least-once re-delivery is idempotent)")
     return parser
 
 
@@ -212,38 +213,38 @@ def check_args(args: argparse.Namespace) -> None:
         raise common.JobError("--source kafka needs --kafka_bootstrap and --kafka_topic")
 
 
-def build_pipeline(pipeline, args: argparse.Namespace, config: StreamConfig) -> None:
-    """Add source -> UpdateStatesFn to `pipeline`."""
+def read_batches(pipeline, args: argparse.Namespace, store: StoreConfig):
+    """The source: batches of records from the Redis Stream, Pub/Sub or Kafka."""
     if args.source == "redis":
-        from beam_jobs.redis_source import ReadRedisStream
-
-        batches = pipeline | "ReadStream" >> ReadRedisStream(
-            args.redis_url, args.stream, args.group, args.consumer,
-            batch_size=args.batch_size, block_ms=args.block_ms, coalesce_ms=args.coalesce_ms,
-            claim_idle_ms=args.claim_idle_ms, start_id=args.start_id,
-            max_idle_seconds=args.max_idle_seconds, stop_after_seconds=args.stop_after_seconds)
+        try:
+            return pipeline | "ReadStream" >> ReadFromRedisStream(
+                store, args.stream, args.group, args.consumer, batch_size=args.batch_size,
+                block_ms=args.block_ms, coalesce_ms=args.coalesce_ms,
+                claim_idle_ms=args.claim_idle_ms, start_id=args.start_id,
+                max_idle_seconds=args.max_idle_seconds,
+                stop_after_seconds=args.stop_after_seconds)
+        except ValueError as err:
+            raise common.JobError(str(err)) from None
+    if args.source == "pubsub":
+        payloads = pipeline | "ReadPubSub" >> beam.io.ReadFromPubSub(
+            subscription=args.pubsub_subscription)
     else:
-        if args.source == "pubsub":
-            payloads = pipeline | "ReadPubSub" >> beam.io.ReadFromPubSub(
-                subscription=args.pubsub_subscription)
-        else:
-            from apache_beam.io.kafka import ReadFromKafka
+        from apache_beam.io.kafka import ReadFromKafka
 
-            payloads = (pipeline
-                        | "ReadKafka" >> ReadFromKafka(
-                            consumer_config={"bootstrap.servers": args.kafka_bootstrap},
-                            topics=[args.kafka_topic])
-                        | "Value" >> beam.Map(lambda kv: kv[1]))
-        window_s = max(args.coalesce_ms, 1) / 1000.0
-        batches = (payloads
-                   | "Record" >> beam.Map(lambda payload: (None, payload))
-                   | "Coalesce" >> beam.WindowInto(beam.window.FixedWindows(window_s))
-                   | "Batch" >> beam.BatchElements(min_batch_size=1,
-                                                   max_batch_size=args.batch_size))
-    batches | "Update" >> beam.ParDo(UpdateStatesFn(config))
+        payloads = (pipeline
+                    | "ReadKafka" >> ReadFromKafka(
+                        consumer_config={"bootstrap.servers": args.kafka_bootstrap},
+                        topics=[args.kafka_topic])
+                    | "Value" >> beam.Map(lambda kv: kv[1]))
+    window_s = max(args.coalesce_ms, 1) / 1000.0
+    return (payloads
+            | "Record" >> beam.Map(lambda payload: (None, payload))
+            | "Coalesce" >> beam.WindowInto(beam.window.FixedWindows(window_s))
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=args.batch_size))
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, int]:
+    """Parse arguments, run the job until it drains or is stopped, return its counters."""
     args, beam_args = build_parser().parse_known_args(argv)
     common.setup_logging(args.verbose)
     check_args(args)
@@ -256,19 +257,21 @@ def run(argv: Sequence[str] | None = None) -> dict[str, int]:
         active = store.get_active_version(args.model)
         check = common.check_export(args.saved_models, args.model, active, ["step", "tower"])
         _LOG.info("following the active version of %s (now v%d)", args.model, check)
-    config = StreamConfig(store_config, args.saved_models, args.model, version, args.stream,
-                          args.group, args.max_step_events, args.behaviour_cap,
-                          not args.no_behaviours, args.crash_after_writes)
-    options = common.pipeline_options(beam_args, streaming=True)
-    pipeline = beam.Pipeline(runner=common.make_runner(options), options=options)
-    build_pipeline(pipeline, args, config)
+    options = UpdateOptions(store_config, args.saved_models, args.model, version,
+                            args.max_step_events, args.behaviour_cap, not args.no_behaviours)
+    pipeline_options = common.pipeline_options(beam_args, streaming=True)
+    pipeline = beam.Pipeline(runner=common.make_runner(pipeline_options),
+                             options=pipeline_options)
+    (read_batches(pipeline, args, store_config)
+     | "Update" >> UpdateInterestStates(options)
+     | "Ack" >> AckRedisStream(store_config, args.stream, args.group))
     where = f"{args.source} {args.stream}" if args.source == "redis" else args.source
     stop = (f"drains after {args.max_idle_seconds}s idle" if args.max_idle_seconds
             else "Ctrl-C to stop")
     print(f"stream job: {args.model} from {where}; {stop}", flush=True)
     result = pipeline.run()
     result.wait_until_finish()
-    return common.metric_totals(result, NAMESPACE)
+    return metrics.totals(result, metrics.STREAM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""Composite Beam transforms of the backfill: read event files (with a dead letter output),
-build each user's ordered history, write states / cold start / behaviour lists to Redis.
+"""The backfill's building blocks (composite Beam transforms): read event files (with a
+dead-letter output), build each user's ordered history, write states / cold start /
+behaviour lists to the interest store. `beam_jobs.backfill.BackfillStates` wires them.
 
 Events travel between stages as compact tuples ``(event_time_ms, event_id, item_id,
 category_id, behavior_type)`` keyed by user id: deterministic to encode and a fraction of
@@ -13,14 +14,14 @@ import json
 from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs.common import open_store
+from beam_jobs.metrics import Backfill as M
 from beam_jobs.model_handler import tower_example
 from uic.events import Event
+from uic.store import DEFAULT_BEHAVIOUR_CAP, StoreConfig
 
-NAMESPACE = "backfill"
 DEAD = "dead"
 BEHAVIOURS = "behaviours"
 COLD_START_KEY = "__cold_start__"
@@ -49,9 +50,6 @@ class _ReadFileFn(beam.DoFn):
 
     def __init__(self, cutoff_ms: int | None):
         self.cutoff_ms = cutoff_ms
-        self.events = Metrics.counter(NAMESPACE, "events_read")
-        self.rejected = Metrics.counter(NAMESPACE, "rejected")
-        self.after_cutoff = Metrics.counter(NAMESPACE, "after_cutoff")
 
     def process(self, path: str):
         from uic.event_files import read_events_with_errors
@@ -59,12 +57,12 @@ class _ReadFileFn(beam.DoFn):
         bad: dict[int, str] = {}
         for event, error, line_no in read_events_with_errors(path):
             if event is None:
-                self.rejected.inc()
+                M.rejected.inc()
                 bad[line_no] = error or "unreadable record"
                 continue
-            self.events.inc()
+            M.events_read.inc()
             if self.cutoff_ms is not None and event.event_time_ms > self.cutoff_ms:
-                self.after_cutoff.inc()
+                M.after_cutoff.inc()
                 continue
             yield (event.user_id, event_to_tuple(event))
         if bad:  # second pass only for files with bad lines: keep the raw text
@@ -115,11 +113,6 @@ class _BuildHistoryFn(beam.DoFn):
         self.max_history = max_history
         self.behaviour_cap = behaviour_cap
         self.with_behaviours = with_behaviours
-        self.users = Metrics.counter(NAMESPACE, "users")
-        self.events = Metrics.counter(NAMESPACE, "events")
-        self.duplicates = Metrics.counter(NAMESPACE, "duplicates")
-        self.truncated = Metrics.counter(NAMESPACE, "users_truncated")
-        self.length = Metrics.distribution(NAMESPACE, "history_length")
 
     def process(self, element: tuple[int, Iterable[EventTuple]]):
         user_id, rows = element
@@ -127,18 +120,18 @@ class _BuildHistoryFn(beam.DoFn):
         history: list[EventTuple] = []
         for row in ordered:  # the same event id twice is one event (replayed logs)
             if history and history[-1][1] == row[1] and history[-1][0] == row[0]:
-                self.duplicates.inc()
+                M.duplicates.inc()
                 continue
             history.append(row)
-        self.users.inc()
-        self.events.inc(len(history))
+        M.users.inc()
+        M.events.inc(len(history))
         if self.with_behaviours:
             yield TaggedOutput(BEHAVIOURS, (user_id, history[-self.behaviour_cap:]))
         folded = history
         if self.max_history is not None and len(history) > self.max_history:
             folded = history[-self.max_history:]
-            self.truncated.inc()
-        self.length.update(len(folded))
+            M.users_truncated.inc()
+        M.history_length.update(len(folded))
         last = folded[-1]
         key = (user_id, len(folded), last[0], last[1])
         yield key, tower_example([r[2] for r in folded], [r[3] for r in folded])
@@ -153,7 +146,8 @@ class BuildHistories(beam.PTransform):
     events)`` for Architecture A's behaviour list.
     """
 
-    def __init__(self, max_history: int | None = None, behaviour_cap: int = 1000,
+    def __init__(self, max_history: int | None = None,
+                 behaviour_cap: int = DEFAULT_BEHAVIOUR_CAP,
                  with_behaviours: bool = True):
         super().__init__()
         if max_history is not None and max_history < 1:
@@ -175,13 +169,10 @@ class BuildHistories(beam.PTransform):
 class _WriteStatesFn(beam.DoFn):
     """Batches of (key, PredictionResult) -> compare-and-set writes under the version."""
 
-    def __init__(self, store_config: dict, model: str, version: int):
+    def __init__(self, store_config: StoreConfig, model: str, version: int):
         self.store_config = store_config
         self.model = model
         self.version = version
-        self.written = Metrics.counter(NAMESPACE, "states_written")
-        self.not_newer = Metrics.counter(NAMESPACE, "states_not_newer")
-        self.cold = Metrics.counter(NAMESPACE, "cold_start_written")
 
     def setup(self):
         self.store = open_store(self.store_config)
@@ -191,23 +182,24 @@ class _WriteStatesFn(beam.DoFn):
         for key, result in batch:
             if key == COLD_START_KEY:
                 self.store.write_cold_start(self.model, self.version, result.inference)
-                self.cold.inc()
+                M.cold_start_written.inc()
                 continue
             user_id, applied, t, eid = key
             rows.append((user_id, result.inference, applied, t, eid))
         if rows:
             outcome = self.store.write_states(self.model, self.version, rows)
             ok = sum(1 for w in outcome if w)
-            self.written.inc(ok)
+            M.states_written.inc(ok)
             # refused by the CAS: the store already holds a state with at least as many
             # events (e.g. the stream job got further); nothing is lost.
-            self.not_newer.inc(len(rows) - ok)
+            M.states_not_newer.inc(len(rows) - ok)
 
 
 class WriteStates(beam.PTransform):
     """Write tower outputs (and the cold-start row) to the interest store, batched."""
 
-    def __init__(self, store_config: dict, model: str, version: int, batch_size: int = 256):
+    def __init__(self, store_config: StoreConfig, model: str, version: int,
+                 batch_size: int = 256):
         super().__init__()
         self.args = (store_config, model, version)
         self.batch_size = batch_size
@@ -221,10 +213,9 @@ class WriteStates(beam.PTransform):
 
 
 class _AppendBehavioursFn(beam.DoFn):
-    def __init__(self, store_config: dict, cap: int):
+    def __init__(self, store_config: StoreConfig, cap: int):
         self.store_config = store_config
         self.cap = cap
-        self.appended = Metrics.counter(NAMESPACE, "behaviours_appended")
 
     def setup(self):
         self.store = open_store(self.store_config)
@@ -232,13 +223,13 @@ class _AppendBehavioursFn(beam.DoFn):
     def process(self, batch):
         events = itertools.chain.from_iterable(
             (tuple_to_event(user, row) for row in rows) for user, rows in batch)
-        self.appended.inc(int(self.store.append_behaviours(events, cap=self.cap) or 0))
+        M.behaviours_appended.inc(self.store.append_behaviours(events, cap=self.cap))
 
 
 class AppendBehaviours(beam.PTransform):
     """Fill Architecture A's capped per-user behaviour lists (idempotent on replay)."""
 
-    def __init__(self, store_config: dict, cap: int, batch_size: int = 128):
+    def __init__(self, store_config: StoreConfig, cap: int, batch_size: int = 128):
         super().__init__()
         self.store_config = store_config
         self.cap = cap

@@ -1,7 +1,7 @@
 """Fold new behaviour events into stored interest states with the exported `step`.
 
-Used by the streaming job (one call per polled batch) and by the roll-out's catch-up.
-Idempotency (the brief's rule): an event is applied to a stored state only if its
+Used by the stream job (one call per polled batch) and by the roll-out's catch-up; no Beam
+here. Idempotency (docs/beam_jobs.md, "Idempotency"): an event is applied to a stored state only if its
 ``(event_time_ms, event_id)`` is greater than the state's watermark
 ``(last_event_time_ms, last_event_id)``. Older events are either duplicates (the event is
 already in the user's behaviour log: a re-delivery; skipped and counted) or late (never
@@ -9,7 +9,8 @@ seen: returned so the caller dead-letters them with reason "late"). Behaviours a
 BEFORE the state write, so every event folded into a state is in the behaviour log and a
 re-delivery is recognised as a duplicate.
 
-Writes use the store's compare-and-set (replace only with more events applied). If another
+Writes go through one store method, `InterestStore.write_states`, a compare-and-set (replace
+only with more events applied). If another
 writer got in between our read and our write (the CAS refuses), the user is re-read and the
 events past the new watermark are applied again, up to `max_attempts` times.
 """
@@ -26,6 +27,7 @@ import numpy as np
 from beam_jobs.model_handler import LoadedSignature, stack_examples, step_example, tower_example
 from uic import contract
 from uic.events import Event
+from uic.store import DEFAULT_BEHAVIOUR_CAP
 
 _LOG = logging.getLogger(__name__)
 NO_WATERMARK = (-1, "")
@@ -57,7 +59,7 @@ class StateUpdater:
     """
 
     def __init__(self, store, saved_models: str | Path, model: str, version: int | None = None,
-                 *, max_step_events: int = 64, behaviour_cap: int = 1000,
+                 *, max_step_events: int = 64, behaviour_cap: int = DEFAULT_BEHAVIOUR_CAP,
                  with_behaviours: bool = True, max_attempts: int = 4):
         if max_step_events < 1:
             raise ValueError(f"max_step_events must be >= 1, got {max_step_events}")

@@ -37,17 +37,18 @@ def _export(root: Path, quick: bool) -> None:
 
 
 def _bench_backfill(url: str, exports: Path, work: Path, users: int, per_user: int) -> dict:
-    from beam_jobs import backfill
+    from beam_jobs.backfill import BackfillOptions, run_backfill
     from beam_jobs.produce import synthetic_payloads
+    from uic.store import StoreConfig
 
     path = work / "events.jsonl"
     with path.open("w") as f:
         for line in synthetic_payloads(users * per_user, users=users, items=50_000,
                                        categories=500, seed=3, start_ms=1_500_000_000_000):
             f.write(line + "\n")
-    res = backfill.run(["--model", MODEL, "--version", "1", "--saved_models", str(exports),
-                        "--redis_url", url, "--events", str(path),
-                        "--dead_letter", str(work / "dead.jsonl")])
+    res = run_backfill(BackfillOptions(model=MODEL, events=[str(path)],
+                                       store=StoreConfig(url=url), saved_models=str(exports),
+                                       version=1, dead_letter=str(work / "dead.jsonl")))
     n_users, n_events = res.totals.get("users", 0), res.totals.get("events", 0)
     return {"bench": "beam_backfill", "users": n_users, "events": n_events,
             "seconds": round(res.seconds, 2), "users_per_s": round(n_users / res.seconds, 1),
@@ -63,8 +64,7 @@ def _wait_states(store, users: list[int], timeout: float) -> list:
         time.sleep(0.05)
 
 
-def _bench_freshness(url: str, client, store, rate: int, seconds: float, first_user: int
-                     ) -> dict:
+def _bench_freshness(store, rate: int, seconds: float, first_user: int) -> dict:
     from beam_jobs.produce import produce
     from uic.events import Event
 
@@ -75,7 +75,7 @@ def _bench_freshness(url: str, client, store, rate: int, seconds: float, first_u
                 for i, u in enumerate(users)]
     sent_at = np.zeros(n)
     marks: list[tuple[int, float]] = []
-    stats = produce(client, "bench:events", payloads, rate=rate, total=n, progress=False,
+    stats = produce(store, "bench:events", payloads, rate=rate, total=n, progress=False,
                     on_sent=lambda count, wall: marks.append((count, wall)))
     done = 0
     for count, wall in marks:
@@ -95,22 +95,18 @@ def run(quick: bool = False) -> list[dict]:
 
     from devkit.redis_server import EmbeddedRedis
     from uic.store import connect as store_connect
-    from uic.store import open_redis
 
     records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_beam_") as tmp, EmbeddedRedis() as server:
         work = Path(tmp)
         exports = work / "exports"
         _export(exports, quick)
-        client = open_redis(server.url)
         store = store_connect(server.url)
 
         users, per_user = (300, 20) if quick else (5000, 50)
         records.append(_bench_backfill(server.url, exports, work, users, per_user))
 
-        from beam_jobs.redis_source import ensure_group
-
-        ensure_group(client, "bench:events", "bench", "$")  # entries from now on
+        store.create_group("bench:events", "bench", "$")  # entries from now on
         env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
         job = subprocess.Popen(
             [sys.executable, "-m", "beam_jobs.stream", "--model", MODEL, "--version", "1",
@@ -120,15 +116,14 @@ def run(quick: bool = False) -> list[dict]:
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             # ready when a warm-up event has been applied
-            warm = _bench_freshness(server.url, client, store, 20, 0.1, 10**9)
+            warm = _bench_freshness(store, 20, 0.1, 10**9)
             if warm["updated"] == 0:
                 raise RuntimeError("the stream job did not start: "
                                    + job.stderr.read().decode(errors="replace")[-2000:]
                                    if job.poll() is not None else "no update within 60 s")
             seconds = 2.5 if quick else 15.0
             for i, rate in enumerate((100, 1000)):
-                records.append(_bench_freshness(server.url, client, store, rate, seconds,
-                                                10**7 * (i + 1)))
+                records.append(_bench_freshness(store, rate, seconds, 10**7 * (i + 1)))
         finally:
             job.send_signal(signal.SIGTERM)
             try:
@@ -136,7 +131,7 @@ def run(quick: bool = False) -> list[dict]:
             except subprocess.TimeoutExpired:
                 job.kill()
                 job.wait()
-            client.close()
+            store.client.close()
     _print(records)
     return records
 

@@ -15,6 +15,10 @@ user sit on one Redis Cluster slot and a Lua script may touch them together)::
     <ns>:m:<model>:retire                 hash version -> epoch ms after which a retired
                                           version's states may be deleted
 
+Event streams (the Beam stream job's input, `beam_jobs.redis_streams`) are Redis Streams
+named by the caller (default ``uic:events``), read through consumer groups; their methods
+here are the stream job's only way to Redis.
+
 Writes are compare-and-set inside Redis (one Lua script): a state replaces the stored one only
 when its `events_applied` is greater, so replays and racing writers can only move a user's
 state forward. Reads of many users are one MGET (one round trip; on a cluster one pipelined
@@ -26,8 +30,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -40,7 +45,7 @@ from uic.events import Event
 __all__ = [
     "DEFAULT_BEHAVIOUR_CAP", "DEFAULT_NAMESPACE", "DEFAULT_REDIS_PORT", "DEFAULT_REDIS_URL",
     "CodecError", "CorruptValue", "InterestStore", "StoreConfig", "StoredState", "StoreError",
-    "connect", "open_redis", "redact_url",
+    "StreamEntry", "connect", "open_redis", "redact_url",
 ]
 
 DEFAULT_REDIS_PORT = 6390
@@ -71,6 +76,15 @@ end
 return 1
 """
 CAS_SHA = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamEntry:
+    """One Redis Stream entry. `fields` is None when the entry was deleted (XDEL, MAXLEN
+    trim) while it was still pending in a consumer group: its id is all that is left."""
+
+    entry_id: str
+    fields: dict[str, bytes] | None
 
 
 def redact_url(url: str) -> str:
@@ -191,7 +205,7 @@ class InterestStore:
     updated (states and behaviour lists; the version pointer and cold-start states never
     expire)."""
 
-    def __init__(self, client, *, namespace: str = "uic", dtype: str = "fp32",
+    def __init__(self, client, *, namespace: str = DEFAULT_NAMESPACE, dtype: str = "fp32",
                  ttl_seconds: int | None = None):
         if dtype not in codec.DTYPES:
             raise StoreError(f"dtype must be one of {list(codec.DTYPES)}, got {dtype!r}")
@@ -363,7 +377,7 @@ class InterestStore:
         return deleted
 
     def _unlink(self, keys) -> int:
-        pipe = self.client.pipeline(transaction=False) if not self.is_cluster else self.client.pipeline()
+        pipe = self._pipeline()
         for key in keys:
             pipe.unlink(key)
         return int(sum(pipe.execute()))
@@ -397,7 +411,7 @@ class InterestStore:
         return None if value is None else codec.decode_state(value, key).state
 
     # -- behaviours (Architecture A) -------------------------------------------------------
-    def append_behaviours(self, events: Iterable[Event], cap: int = 1000) -> int:
+    def append_behaviours(self, events: Iterable[Event], cap: int = DEFAULT_BEHAVIOUR_CAP) -> int:
         """Add events to their users' behaviour lists and keep only the `cap` newest per user.
         Idempotent: an event already present is not added again. Returns how many members
         were new (a new event older than the cap's window is added and trimmed at once)."""
@@ -423,6 +437,147 @@ class InterestStore:
                 step = 3 if self.ttl_seconds else 2
                 added += sum(int(r) for r in results[::step])
         return added
+
+    # -- retirement of old versions (roll-out) ----------------------------------------------
+    def retire_version(self, model: str, version: int, delete_after_ms: int) -> None:
+        """Mark `version` of `model` for deletion once epoch ms `delete_after_ms` has passed.
+        Its states stay readable until `delete_retired_versions` runs after that time, so
+        flipping the active pointer back is an instant roll-back."""
+        version = check_int("version", version)
+        delete_after_ms = check_int("delete_after_ms", delete_after_ms)
+        with self._errors():
+            self.client.hset(self.retire_key(model), str(version), str(delete_after_ms))
+
+    def retired_versions(self, model: str) -> dict[int, int]:
+        """Retired versions of `model`: version -> epoch ms after which it may be deleted."""
+        key = self.retire_key(model)
+        with self._errors():
+            raw = self.client.hgetall(key)
+        try:
+            return {int(v): int(t) for v, t in raw.items()}
+        except ValueError:
+            raise CorruptValue(key, f"retire hash holds non-integers: {raw!r:.80}") from None
+
+    def delete_retired_versions(self, model: str, now_ms: int | None = None) -> dict[int, int]:
+        """Delete the states of every retired version whose deadline is at or before `now_ms`
+        (default: now) and forget it; a retired version that is active again (rolled back
+        to) is forgotten and kept. Returns version -> keys deleted."""
+        now = codec.now_ms() if now_ms is None else check_int("now_ms", now_ms)
+        active = self.get_active_version(model)
+        deleted: dict[int, int] = {}
+        for version, deadline in sorted(self.retired_versions(model).items()):
+            if version == active:
+                self._forget_retired(model, version)
+            elif deadline <= now:
+                deleted[version] = self.delete_version(model, version)
+                self._forget_retired(model, version)
+        return deleted
+
+    def _forget_retired(self, model: str, version: int) -> None:
+        with self._errors():
+            self.client.hdel(self.retire_key(model), str(version))
+
+    # -- event streams (input of the Beam stream job) ----------------------------------------
+    def add_to_stream(self, stream: str, entries: Iterable[Mapping[str, bytes | str]], *,
+                      maxlen: int | None = None) -> list[str]:
+        """XADD each entry (a field -> value mapping), pipelined (one round trip per 1,000).
+        `maxlen` trims the stream to about that many entries (MAXLEN ~). Returns the ids."""
+        if maxlen is not None:
+            maxlen = check_int("maxlen", maxlen, 1)
+        ids: list[str] = []
+        it = iter(entries)
+        with self._errors():
+            while batch := list(itertools.islice(it, 1000)):
+                pipe = self._pipeline()
+                for fields in batch:
+                    pipe.xadd(stream, dict(fields), maxlen=maxlen, approximate=maxlen is not None)
+                ids.extend(_text(i) for i in pipe.execute())
+        return ids
+
+    def stream_length(self, stream: str) -> int:
+        with self._errors():
+            return int(self.client.xlen(stream))
+
+    def create_group(self, stream: str, group: str, start_id: str = "0") -> bool:
+        """Create consumer group `group` of `stream` (and the stream) unless it exists.
+        `start_id` "0" delivers the whole stream to a new group, "$" only later entries.
+        Returns True when it was created now."""
+        with self._errors():
+            try:
+                self.client.xgroup_create(stream, group, id=start_id, mkstream=True)
+            except redis.ResponseError as err:
+                if "BUSYGROUP" not in str(err):
+                    raise
+                return False
+        return True
+
+    def read_new(self, stream: str, group: str, consumer: str, *, count: int,
+                 block_ms: int | None = None) -> list[StreamEntry]:
+        """Up to `count` entries never delivered to the group (XREADGROUP ... >), waiting up to
+        `block_ms` for the first one (None: do not wait). They become pending for `consumer`
+        until `ack`."""
+        return self._read_group(stream, group, consumer, ">", count, block_ms)
+
+    def read_pending(self, stream: str, group: str, consumer: str, *, count: int,
+                     after: str = "0") -> list[StreamEntry]:
+        """Up to `count` of `consumer`'s own pending entries (delivered, never acknowledged)
+        with ids after `after`: what a killed run of this consumer read but did not ack."""
+        return self._read_group(stream, group, consumer, after, count, None)
+
+    def _read_group(self, stream, group, consumer, start, count, block_ms) -> list[StreamEntry]:
+        count = check_int("count", count, 1)
+        with self._errors():
+            reply = self.client.xreadgroup(group, consumer, {stream: start}, count=count,
+                                           block=block_ms)
+        return _stream_entries(reply[0][1] if reply else [])
+
+    def claim_idle(self, stream: str, group: str, consumer: str, *, min_idle_ms: int,
+                   count: int) -> list[StreamEntry]:
+        """Take over up to `count` entries that other consumers of the group left pending for
+        at least `min_idle_ms` (XAUTOCLAIM): the work of a consumer that died."""
+        with self._errors():
+            reply = self.client.xautoclaim(stream, group, consumer,
+                                           min_idle_time=check_int("min_idle_ms", min_idle_ms),
+                                           count=check_int("count", count, 1))
+        return _stream_entries(reply[1] if reply else [])
+
+    def ack(self, stream: str, group: str, entry_ids: Sequence[str], *,
+            dead_letters: Sequence[Mapping[str, bytes | str]] = (),
+            dead_letter_stream: str | None = None) -> None:
+        """XADD `dead_letters` to `dead_letter_stream`, then XACK `entry_ids`, in one pipelined
+        round trip. Dead letters go first, so a crash in between can at worst repeat a dead
+        letter, never acknowledge an entry whose dead letter is lost. No MULTI: on a cluster
+        the stream and its dead-letter stream may live on different nodes."""
+        if dead_letters and not dead_letter_stream:
+            raise StoreError("ack: dead_letters given without a dead_letter_stream")
+        if not entry_ids and not dead_letters:
+            return
+        with self._errors():
+            pipe = self._pipeline()
+            for fields in dead_letters:
+                pipe.xadd(dead_letter_stream, dict(fields))
+            if entry_ids:
+                pipe.xack(stream, group, *entry_ids)
+            pipe.execute()
+
+    def pending_count(self, stream: str, group: str) -> int:
+        """Entries of the group delivered but not yet acknowledged (all consumers)."""
+        with self._errors():
+            return int(self.client.xpending(stream, group)["pending"])
+
+    def replay_stream(self, stream: str, *, after: str | None = None, chunk: int = 1000
+                      ) -> Iterator[list[StreamEntry]]:
+        """Every retained entry of `stream` (after id `after`, if given) in id order, in
+        lists of up to `chunk`; reads no consumer group and acknowledges nothing."""
+        chunk = check_int("chunk", chunk, 1)
+        start = "-" if after is None else f"({after}"
+        while True:
+            with self._errors():
+                entries = _stream_entries(self.client.xrange(stream, min=start, count=chunk))
+            if not entries:
+                return
+            yield entries
+            start = f"({entries[-1].entry_id}"
 
     def _pipeline(self):
         return self.client.pipeline() if self.is_cluster else self.client.pipeline(transaction=False)
@@ -452,6 +607,17 @@ class InterestStore:
                                       length)
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stream_entries(raw) -> list[StreamEntry]:
+    # An entry always has a field (XADD requires one): no fields means deleted while pending.
+    return [StreamEntry(_text(entry_id),
+                        {_text(k): v for k, v in fields.items()} if fields else None)
+            for entry_id, fields in raw or []]
+
+
 def _cluster_enabled(client) -> bool:
     try:
         return bool(int(client.info("cluster").get("cluster_enabled", 0)))
@@ -473,7 +639,8 @@ def _explain(err: Exception, where: str) -> str:
     if isinstance(err, redis.exceptions.NoPermissionError) or "NOPERM" in text:
         return (f"Redis ACL user at {where} lacks a permission ({text}). It needs read/write on "
                 "keys uic:* and the commands get mget set eval evalsha script zadd zrange "
-                "zremrangebyrank expire unlink scan ping.")
+                "zremrangebyrank expire unlink scan ping hset hgetall hdel; the Beam stream "
+                "job also xadd xlen xgroup xreadgroup xautoclaim xack xpending xrange.")
     if isinstance(err, redis.ConnectionError | redis.TimeoutError):
         return (f"cannot reach Redis at {where} ({text}). Is it running? Start one with "
                 f"`make redis-start` (port {DEFAULT_REDIS_PORT}).")

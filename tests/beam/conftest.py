@@ -1,9 +1,12 @@
-"""Shared helpers of the Beam job tests: a small events file with known histories, and the
-reference states computed by running the exported tower directly."""
+"""Shared helpers of the Beam job tests: a small events file with known histories, the
+reference states computed by running the exported tower directly, and a log of the commands
+the Redis server executes (to check the order of writes, flips and acks)."""
 
 from __future__ import annotations
 
 import json
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +80,48 @@ def events_data(tmp_path_factory):
     path = write_jsonl(tmp_path_factory.mktemp("beam_events") / "events.jsonl", events,
                        MALFORMED)
     return path, events
+
+
+class CommandLog:
+    """The commands the Redis server executes, in the server's order (MONITOR), while the
+    `with` block runs: `commands` holds each as its list of words."""
+
+    _END = "command-log-end"
+
+    def __init__(self, url: str):
+        from uic.store import open_redis
+
+        self.url = url
+        self._monitor_client = open_redis(url, socket_timeout_s=None)
+        self.commands: list[list[str]] = []
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def _listen(self) -> None:
+        with self._monitor_client.monitor() as monitor:
+            self._ready.set()  # MONITOR is acknowledged: every later command is seen
+            for item in monitor.listen():
+                words = item["command"].split(" ")
+                if words == ["ECHO", self._END]:
+                    return
+                self.commands.append(words)
+
+    def __enter__(self) -> CommandLog:
+        self._thread.start()
+        assert self._ready.wait(10), "MONITOR did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from uic.store import open_redis
+
+        with open_redis(self.url) as client:
+            client.echo(self._END)
+        self._thread.join(10)
+        self._monitor_client.close()
+
+    def positions(self, name: str, key_index: int, key_pattern: str) -> list[int]:
+        """Indexes of the `name` commands whose word `key_index` matches `key_pattern`."""
+        pattern = re.compile(key_pattern)
+        return [i for i, words in enumerate(self.commands)
+                if words[0].upper() == name and len(words) > key_index
+                and pattern.fullmatch(words[key_index])]

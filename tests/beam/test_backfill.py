@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from beam_jobs import backfill
 from beam_jobs.common import JobError
+from uic.store import StoreConfig
 from uic.store import connect as store_connect
 
 from .conftest import MALFORMED, histories, tower_states, write_jsonl
@@ -102,8 +104,15 @@ def test_bad_inputs_fail_clearly(redis_url, tiny_exports, tmp_path):
         _run(redis_url, tiny_exports, ok, tmp_path, "dien", "--version", "9")
     with pytest.raises(JobError, match="max_history"):
         _run(redis_url, tiny_exports, ok, tmp_path, "dien", "--max_history", "0")
-    with pytest.raises(JobError, match="redis_url|Redis"):
+    with pytest.raises(JobError, match="cannot reach Redis"):
         backfill.run(["--model", "dien", "--saved_models", str(tiny_exports), "--events",
                       str(ok), "--redis_url", "redis://127.0.0.1:1/0"])
     assert backfill.main(["--model", "dien", "--saved_models", str(tmp_path), "--events",
                           str(ok), "--redis_url", redis_url]) == 2
+    # the same checks hold for callers of run_backfill (the roll-out)
+    options = backfill.BackfillOptions(model="dien", events=[str(ok)], saved_models=str(tiny_exports),
+                                       store=StoreConfig(url=redis_url))
+    with pytest.raises(JobError, match="model must be one of"):
+        backfill.run_backfill(dataclasses.replace(options, model="mlp"))
+    with pytest.raises(JobError, match="activate must be one of"):
+        backfill.run_backfill(dataclasses.replace(options, activate="maybe"))

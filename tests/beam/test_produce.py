@@ -31,5 +31,7 @@ def test_produce_rejects_bad_arguments(redis_url, tmp_path, capsys):
     assert "cannot read --events" in capsys.readouterr().err
     assert produce.main(["--synthetic", "5", "--rate", "-1", "--redis_url", redis_url]) == 2
     assert "--rate must be >= 0" in capsys.readouterr().err
+    assert produce.main(["--synthetic", "5", "--maxlen", "0", "--redis_url", redis_url]) == 2
+    assert "--maxlen must be >= 1" in capsys.readouterr().err
     assert produce.main(["--synthetic", "5", "--redis_url", "redis://127.0.0.1:1/0"]) == 2
     assert "cannot reach Redis" in capsys.readouterr().err

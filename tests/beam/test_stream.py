@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +15,10 @@ import numpy as np
 import beam_jobs
 from beam_jobs import backfill, stream
 from beam_jobs.produce import produce
-from uic.events import Event
+from uic.events import Event, InvalidEvent
 from uic.store import connect as store_connect
-from uic.store import open_redis
 
-from .conftest import MALFORMED, histories, make_events, tower_states, write_jsonl
+from .conftest import MALFORMED, CommandLog, histories, make_events, tower_states, write_jsonl
 
 STREAM = "test:events"
 REPO = Path(beam_jobs.__file__).resolve().parents[1]
@@ -52,14 +54,15 @@ def test_stream_converges_with_backfill_and_dead_letters(redis_url, tiny_exports
                   "--redis_url", redis_url, "--events", str(path), "--cutoff_ts", str(cutoff),
                   "--dead_letter", str(tmp_path / "dead.jsonl")])
 
-    client = open_redis(redis_url)
+    store = store_connect(redis_url)
     payloads = [e.to_json() for e in ordered]
     for i, bad in enumerate(MALFORMED):
         payloads.insert(10 + 20 * i, bad)
-    client.xadd(STREAM, {"not_event": "x"})  # an entry without the event field
-    produce(client, STREAM, payloads, rate=0, progress=False)
+    store.add_to_stream(STREAM, [{"not_event": "x"}])  # an entry without the event field
+    produce(store, STREAM, payloads, rate=0, progress=False)
 
-    totals = stream.run(_stream_args(redis_url, tiny_exports, "--batch_size", "40"))
+    with CommandLog(redis_url) as log:
+        totals = stream.run(_stream_args(redis_url, tiny_exports, "--batch_size", "40"))
     n_before = sum(e.event_time_ms <= cutoff for e in events)
     assert totals["duplicates"] == n_before  # already in the backfilled states
     assert totals["applied"] == len(events) - n_before
@@ -67,52 +70,111 @@ def test_stream_converges_with_backfill_and_dead_letters(redis_url, tiny_exports
     assert totals["new_users"] == 1
     _assert_states_match_full_history(redis_url, tiny_exports, events)
 
-    dlq = client.xrange(f"{STREAM}:dlq")
+    dlq = [e.fields for chunk in store.replay_stream(f"{STREAM}:dlq") for e in chunk]
     assert len(dlq) == len(MALFORMED) + 1
-    assert sorted(f[b"payload"].decode() for _, f in dlq if f[b"payload"]) == sorted(MALFORMED)
-    assert all(f[b"reason"] for _, f in dlq)
-    assert client.xpending(STREAM, "uic-stream")["pending"] == 0
+    assert sorted(f["payload"].decode() for f in dlq if f["payload"]) == sorted(MALFORMED)
+    assert all(f["reason"] for f in dlq)
+    assert store.pending_count(STREAM, "uic-stream") == 0
+    # In the server's order, an applied entry is acknowledged only after its user's state
+    # write, made since the previous acknowledgement (its batch's writes).
+    user_of = {}
+    for chunk in store.replay_stream(STREAM):
+        for entry in chunk:
+            try:
+                event = Event.from_json(entry.fields.get("event") or b"")
+            except InvalidEvent:
+                continue
+            if event.event_time_ms > cutoff:
+                user_of[entry.entry_id] = event.user_id
+    writes = log.positions("EVALSHA", 3, r"uic:\{u:\d+\}:s:dien:1")
+    checked, previous = 0, -1
+    for ack in log.positions("XACK", 1, STREAM):
+        written = {int(re.search(r"\{u:(\d+)\}", log.commands[w][3]).group(1))
+                   for w in writes if previous < w < ack}
+        for entry_id in log.commands[ack][3:]:
+            if entry_id in user_of:
+                assert user_of[entry_id] in written, (entry_id, ack)
+                checked += 1
+        previous = ack
+    assert checked == len(user_of) == len(events) - n_before
 
     # restart: a late event (older than the watermark, never seen) is dead-lettered, a
     # re-sent old event is a duplicate, a new one is applied
     user = ordered[0].user_id
     late = Event(user, 7, 7, "pv", ordered[0].event_time_ms - 10, "late-1")
     fresh = Event(user, 8, 8, "buy", ordered[-1].event_time_ms + 5, "fresh-1")
-    produce(client, STREAM, [late.to_json(), ordered[0].to_json(), fresh.to_json()],
+    produce(store, STREAM, [late.to_json(), ordered[0].to_json(), fresh.to_json()],
             progress=False)
     totals = stream.run(_stream_args(redis_url, tiny_exports))
     assert (totals["late"], totals["duplicates"], totals["applied"]) == (1, 1, 1)
-    reasons = [f[b"reason"].decode() for _, f in client.xrange(f"{STREAM}:dlq")]
+    reasons = [e.fields["reason"].decode() for chunk in store.replay_stream(f"{STREAM}:dlq")
+               for e in chunk]
     assert reasons[-1].startswith("late")
     _assert_states_match_full_history(redis_url, tiny_exports, events + [fresh])
 
 
-def test_sigkill_between_write_and_ack_neither_loses_nor_double_applies(
-        redis_url, tiny_exports, tmp_path):
-    events = make_events(seed=5, n=120, users=8)
-    client = open_redis(redis_url)
-    produce(client, STREAM, [e.to_json() for e in sorted(events, key=lambda e: e.sort_key)],
-            progress=False)
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        [sys.executable, "-m", "beam_jobs.stream",
-         *_stream_args(redis_url, tiny_exports, "--version", "1", "--batch_size", "30",
-                       "--coalesce_ms", "0", "--crash_after_writes", "2")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -9, proc.stderr[-2000:]  # killed after the write, before ack
-    pending = client.xpending(STREAM, "uic-stream")["pending"]
-    assert pending > 0  # the last written batch was never acknowledged
+def test_restart_after_writes_before_ack_neither_loses_nor_double_applies(
+        redis_url, tiny_exports):
+    """The Redis state a crash between the writes and the ack leaves behind, made with the
+    job's own parts: a batch read by the consumer (pending) and applied, never acked."""
+    from beam_jobs.updater import StateUpdater
+
+    events = sorted(make_events(seed=5, n=120, users=8), key=lambda e: e.sort_key)
     store = store_connect(redis_url)
-    partial = sum(s.events_applied for s in
-                  store.read_states("dien", 1, sorted({e.user_id for e in events})) if s)
-    assert 0 < partial < len(events)
+    produce(store, STREAM, [e.to_json() for e in events], progress=False)
+    store.create_group(STREAM, "uic-stream")
+    read = store.read_new(STREAM, "uic-stream", "worker-1", count=50)
+    assert len(read) == 50
+    StateUpdater(store, tiny_exports, "dien", 1).apply([Event.from_json(e.fields["event"])
+                                                        for e in read])
+    assert store.pending_count(STREAM, "uic-stream") == 50
 
     totals = stream.run(_stream_args(redis_url, tiny_exports, "--version", "1"))
-    assert totals["entries_redelivered"] >= pending
-    assert totals["duplicates"] >= 1  # the re-delivered, already-written events
-    assert totals["applied"] == len(events) - partial
+    assert totals["entries_redelivered"] == 50
+    assert totals["duplicates"] == 50  # recognised, not applied a second time
+    assert totals["applied"] == len(events) - 50
     _assert_states_match_full_history(redis_url, tiny_exports, events)
-    assert client.xpending(STREAM, "uic-stream")["pending"] == 0
+    assert store.pending_count(STREAM, "uic-stream") == 0
+
+
+def test_sigkill_from_outside_then_restart_converges(redis_url, tiny_exports, tmp_path):
+    """Kill -9 the running job while it has written states and holds a batch in flight (read,
+    not acknowledged); the restarted job re-reads exactly those entries and ends with the
+    states of a clean run."""
+    events = sorted(make_events(seed=9, n=120, users=8), key=lambda e: e.sort_key)
+    store = store_connect(redis_url)
+    produce(store, STREAM, [e.to_json() for e in events[:90]], progress=False)
+    users = sorted({e.user_id for e in events})
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    log = tmp_path / "stream.log"
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "beam_jobs.stream",
+             *_stream_args(redis_url, tiny_exports, "--version", "1", "--batch_size", "10",
+                           "--coalesce_ms", "0", "--max_idle_seconds", "300")],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        give_up = time.monotonic() + 300  # a guard against hanging, not a timing assert
+        while not (any(s is not None for s in store.read_states("dien", 1, users))
+                   and store.pending_count(STREAM, "uic-stream") > 0):
+            assert job.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < give_up, "the stream job wrote no state"
+            time.sleep(0.01)
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    assert job.returncode == -signal.SIGKILL
+    partial = sum(s.events_applied for s in store.read_states("dien", 1, users) if s)
+    assert 0 < partial <= 90
+    pending = store.pending_count(STREAM, "uic-stream")
+
+    produce(store, STREAM, [e.to_json() for e in events[90:]], progress=False)
+    totals = stream.run(_stream_args(redis_url, tiny_exports, "--version", "1"))
+    assert totals.get("entries_redelivered", 0) == pending
+    assert totals["applied"] == len(events) - partial
+    assert totals["applied"] + totals["duplicates"] == totals["entries"]
+    _assert_states_match_full_history(redis_url, tiny_exports, events)
+    assert store.pending_count(STREAM, "uic-stream") == 0
 
 
 def test_stream_cli_rejects_bad_options(redis_url, tiny_exports, capsys):

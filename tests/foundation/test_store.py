@@ -1,4 +1,5 @@
-"""uic/store.py against a real redis-server: CAS, batching, behaviours, auth, corruption."""
+"""uic/store.py against a real redis-server: CAS, batching, behaviours, version retirement,
+event streams, auth, corruption."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devkit.redis_server import EmbeddedRedis
-from uic.events import Event
 from uic.codec import decode_state
-from uic.store import CAS_SCRIPT, CorruptValue, InterestStore, StoreError
+from uic.events import Event
+from uic.store import CAS_SCRIPT, CorruptValue, InterestStore, StoreError, open_redis
 from uic.store import connect as store_connect
 
 
@@ -36,7 +37,7 @@ def test_write_then_read(store):
     np.testing.assert_array_equal(got.state, state_for(5, 3))
     assert (got.events_applied, got.last_event_time_ms, got.last_event_id) == (3, 1000, "e3")
     assert got.write_time_ms > 1_600_000_000_000
-    # key layout of DESIGN §5
+    # key layout of docs/store.md
     assert store.client.exists("uic:{u:5}:s:dien:1") == 1
     assert store.read_state("dien", 2, 5) is None  # versions are separate keys
     assert store.read_state("mimn", 1, 5) is None
@@ -278,8 +279,10 @@ def test_bad_arguments_are_clear_errors(store, redis_url):
         store.write_states("dien", 1, [(1, np.ones(2), 1, 1, ""), (2, np.array([np.nan]), 1, 1, "")])
     with pytest.raises(StoreError, match="expected \\(user_id"):
         store.write_states("dien", 1, [(1, np.ones(2), 1)])
+    decoding = open_redis(redis_url)
+    decoding.connection_pool.connection_kwargs["decode_responses"] = True  # a str client
     with pytest.raises(StoreError, match="decode_responses=False"):
-        InterestStore(redis.Redis.from_url(redis_url, decode_responses=True))
+        InterestStore(decoding)
     with pytest.raises(StoreError, match="dtype must be one of"):
         store_connect(redis_url, dtype="int8")
     with pytest.raises(StoreError, match="takes uic.events.Event"):
@@ -305,13 +308,14 @@ def test_password_and_acl_user(auth_server):
     assert app.read_state("dien", 1, 1).events_applied == 2
 
 
-@pytest.mark.parametrize("url_auth", [":wrong@", "app:wrong@", "nobody:x@"])
-def test_wrong_password_is_a_clear_error(auth_server, url_auth):
+@pytest.mark.parametrize("user", ["", "app", "nobody"])
+def test_wrong_password_is_a_clear_error(auth_server, user):
+    secret = f"not-the-pass-{user or 'default'}"
     with pytest.raises(StoreError) as info:
-        store_connect(f"redis://{url_auth}127.0.0.1:{auth_server.port}/0")
+        store_connect(f"redis://{user}:{secret}@127.0.0.1:{auth_server.port}/0")
     text = str(info.value)
     assert "rejected the credentials" in text and "password" in text
-    assert "wrong" not in text.replace("wrong-", "")  # the password is not echoed
+    assert secret not in text and ":***@" in text  # the password is not echoed, the URL is
 
 
 def test_missing_password_and_missing_permission(auth_server):
@@ -333,3 +337,74 @@ def test_state_value_decodes_with_the_public_codec(store):
     store.write_state("dien", 4, 12, state_for(12, 1), 1, 77, "last")
     raw = store.client.get("uic:{u:12}:s:dien:4")
     assert decode_state(raw).last_event_id == "last"
+
+
+def test_retire_and_delete_retired_versions(store):
+    for version in (1, 2, 3):
+        store.write_states("dien", version, [(u, state_for(u, 1), 1, 1, "") for u in range(10)])
+    store.write_cold_start("dien", 1, state_for(0, 0))
+    store.set_active_version("dien", 3)
+    store.retire_version("dien", 1, 1000)
+    store.retire_version("dien", 2, 5000)
+    assert store.retired_versions("dien") == {1: 1000, 2: 5000}
+    assert store.delete_retired_versions("dien", now_ms=999) == {}
+    assert store.delete_retired_versions("dien", now_ms=1000) == {1: 11}  # 10 states + cold
+    assert store.read_states("dien", 1, range(10)) == [None] * 10
+    assert store.retired_versions("dien") == {2: 5000}
+    store.set_active_version("dien", 2)  # rolled back before the deadline: kept, un-retired
+    assert store.delete_retired_versions("dien", now_ms=10**13) == {}
+    assert store.retired_versions("dien") == {}
+    assert all(s is not None for s in store.read_states("dien", 2, range(10)))
+    assert all(s is not None for s in store.read_states("dien", 3, range(10)))
+    store.client.hset(store.retire_key("dien"), "v1", "soon")
+    with pytest.raises(CorruptValue, match="uic:m:dien:retire"):
+        store.retired_versions("dien")
+
+
+def test_stream_group_read_claim_ack_and_dead_letters(store, monkeypatch):
+    ids = store.add_to_stream("s", [{"event": f"e{i}"} for i in range(5)])
+    assert len(ids) == 5 and store.stream_length("s") == 5
+    assert store.create_group("s", "g") is True
+    assert store.create_group("s", "g") is False  # exists: kept as it is
+    new = store.read_new("s", "g", "c1", count=3)
+    assert [e.entry_id for e in new] == ids[:3]
+    assert [e.fields for e in new] == [{"event": b"e0"}, {"event": b"e1"}, {"event": b"e2"}]
+    assert store.read_pending("s", "g", "c1", count=10) == new
+    assert store.read_pending("s", "g", "c1", count=10, after=ids[1]) == new[2:]
+    assert store.read_pending("s", "g", "c2", count=10) == []
+    assert store.pending_count("s", "g") == 3
+
+    sends = _CountSends(monkeypatch)
+    store.ack("s", "g", ids[:2], dead_letters=[{"reason": "bad", "entry_id": ids[1]}],
+              dead_letter_stream="s:dlq")
+    assert sends.calls == 1  # dead letter and ack in one round trip, dead letter first
+    monkeypatch.undo()
+    assert store.pending_count("s", "g") == 1
+    (dead,) = next(store.replay_stream("s:dlq"))
+    assert dead.fields == {"reason": b"bad", "entry_id": ids[1].encode()}
+
+    assert store.claim_idle("s", "g", "c2", min_idle_ms=3_600_000, count=10) == []
+    claimed = store.claim_idle("s", "g", "c2", min_idle_ms=0, count=10)
+    assert [e.entry_id for e in claimed] == [ids[2]]  # c1's pending entry now belongs to c2
+    assert [e.entry_id for e in store.read_pending("s", "g", "c2", count=10)] == [ids[2]]
+    assert [e.entry_id for e in store.read_new("s", "g", "c1", count=10, block_ms=1)] == ids[3:]
+    assert store.read_new("s", "g", "c1", count=10, block_ms=1) == []
+    store.client.xdel("s", ids[3])  # deleted while pending: only its id is left
+    assert [(e.entry_id, e.fields) for e in store.read_pending("s", "g", "c1", count=10)] == [
+        (ids[3], None), (ids[4], {"event": b"e4"})]
+    with pytest.raises(StoreError, match="dead_letter_stream"):
+        store.ack("s", "g", [], dead_letters=[{"reason": "x"}])
+    with pytest.raises(StoreError, match="NOGROUP"):
+        store.read_new("s", "nogroup", "c1", count=1)
+
+
+def test_stream_add_in_chunks_trim_and_replay(store):
+    ids = store.add_to_stream("r", ({"event": str(i)} for i in range(2500)))
+    chunks = list(store.replay_stream("r", chunk=1000))
+    assert [len(c) for c in chunks] == [1000, 1000, 500]
+    assert [e.entry_id for c in chunks for e in c] == ids
+    assert [e.fields["event"] for e in chunks[2][-2:]] == [b"2498", b"2499"]
+    assert [e.entry_id for c in store.replay_stream("r", after=ids[2497]) for e in c] == ids[2498:]
+    assert list(store.replay_stream("missing")) == []
+    store.add_to_stream("t", ({"event": str(i)} for i in range(2000)), maxlen=100)
+    assert 100 <= store.stream_length("t") < 300  # MAXLEN ~ trims whole nodes

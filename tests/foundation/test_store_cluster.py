@@ -102,3 +102,24 @@ def test_cluster_batched_read_is_one_request_per_node(cstore, monkeypatch):
     got = cstore.read_states("dien", 1, users)
     assert sends.calls == 3  # one pipelined request per node, all sent before any reply is read
     assert all(s.events_applied == 1 for s in got)
+
+
+def test_cluster_streams_and_retirement(cstore):
+    stream, dlq = "cluster-events", "cluster-events:dlq"
+    slot = cstore.client.keyslot
+    assert slot(stream) != slot(dlq)  # ack + dead letters span two slots, no MULTI
+    try:
+        ids = cstore.add_to_stream(stream, [{"event": f"e{i}"} for i in range(4)])
+        cstore.create_group(stream, "g")
+        assert [e.entry_id for e in cstore.read_new(stream, "g", "c", count=10)] == ids
+        cstore.ack(stream, "g", ids[:3], dead_letters=[{"reason": "bad"}],
+                   dead_letter_stream=dlq)
+        assert cstore.pending_count(stream, "g") == 1
+        assert [len(c) for c in cstore.replay_stream(dlq)] == [1]
+    finally:
+        cstore.client.delete(stream)
+        cstore.client.delete(dlq)
+    cstore.write_states("dien", 1, [(u, vec(u, 1), 1, 1, "") for u in range(40)])
+    cstore.retire_version("dien", 1, 5)
+    assert cstore.delete_retired_versions("dien", now_ms=5) == {1: 40}
+    assert cstore.read_states("dien", 1, range(40)) == [None] * 40
