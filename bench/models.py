@@ -20,8 +20,8 @@ from functools import partial
 import numpy as np
 
 from bench.report import percentiles_ms
+from uic.contract import SEQUENCE_MODELS
 
-MODELS = ("dien", "mimn")
 CANDIDATES = 100
 
 
@@ -52,7 +52,7 @@ def run(quick: bool = False) -> list[dict]:
     rng = np.random.default_rng(0)
     records = []
     with tempfile.TemporaryDirectory(prefix="bench_models_") as root:
-        for name in MODELS:
+        for name in SEQUENCE_MODELS:
             paths = export_model(name, root, 1, config=ModelConfig(item_buckets=100_000))
             sig = {p: tf.saved_model.load(str(path)).signatures["serving_default"] for p, path in paths.items()}
 

@@ -1,6 +1,6 @@
 """The UIC split shared by every model: a per-event recurrence (`cell`) folded left to right
 gives `tower` and `step`; a target-dependent `score` on the state gives `head`; and
-`full = head(tower(x))` by construction (DESIGN.md §4).
+`full = head(tower(x))` by construction (docs/models.md, 'The model contract').
 
 Exactness comes from one code path: `tower` is `step` from the initial state, and `step`
 is a `tf.while_loop` over the same `cell` that applies one event at a time, where a padded
@@ -31,8 +31,10 @@ class UICModel(keras.Model):
     model_name = "base"
     collects_outputs = False  # whether extra_losses needs the per-step cell outputs
 
-    def __init__(self, config: ModelConfig | None = None, **kwargs):
+    def __init__(self, config: ModelConfig | dict | None = None, **kwargs):
         super().__init__(name=kwargs.pop("name", self.model_name), **kwargs)
+        if isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
         self.config = config or ModelConfig()
         self.emb_dim = self.config.embedding_dim_for(self.model_name)
         self.behaviour_dim = 2 * self.emb_dim
@@ -213,4 +215,11 @@ class UICModel(keras.Model):
         }
 
     def get_config(self):
-        return {"config": self.config.to_dict()}
+        """Keras config: `from_config` passes it to the constructor, which takes the
+        ModelConfig as a dict too."""
+        return {**super().get_config(), "config": self.config.to_dict()}
+
+    def build_from_config(self, config):
+        """What `keras.saving.load_model` calls before loading the weights: the layers are
+        built in `__init__`; one call on `dummy_inputs` creates the rest (as `build_model`)."""
+        self(self.dummy_inputs(), training=False)

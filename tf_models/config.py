@@ -1,7 +1,7 @@
 """One configuration object for every model, with the papers' defaults.
 
 Where the DIEN/MIMN papers and their official code differ, the field's comment says which
-one the default follows (README.md (Models) has the full list of choices).
+one the default follows (docs/models.md, 'Choices', has the full list).
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from typing import Any
-
-MODEL_NAMES = ("dien", "mimn", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +27,7 @@ class ModelConfig:
     history_pooling: str = "mean"
     # --- DIEN ----------------------------------------------------------------------------
     gru_units: int = 36  # interest extractor and evolution GRUs (DIEN code HIDDEN_SIZE)
-    ring_size: int = 50  # K: last extractor states kept for the AUGRU (DESIGN §4; paper maxlen 50)
+    ring_size: int = 50  # K: last extractor states kept for the AUGRU (paper maxlen 50)
     attention_units: tuple[int, ...] = (80, 40)  # DIN attention MLP (both codes), sigmoid
     augru_form: str = "paper"  # "paper": u' = a*u ; "official": u_keep' = (1-a)*u_keep
     aux_loss_weight: float = 1.0  # alpha in L = L_target + alpha * L_aux (paper: 1)

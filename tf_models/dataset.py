@@ -16,25 +16,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from uic.events import Event, Impression
+from uic.event_files import read_events, read_impressions
 
 FEATURES = ("hist_item_ids", "hist_cate_ids", "hist_len", "cand_item_ids", "cand_cate_ids")
-
-
-def _read_events(path: Path):
-    try:
-        from uic.event_files import read_events
-    except ImportError:  # the data package is optional for this module
-        return (Event.from_json(line) for line in path.open() if line.strip())
-    return read_events(path)
-
-
-def _read_impressions(path: Path):
-    try:
-        from uic.event_files import read_impressions
-    except ImportError:
-        return (Impression.from_json(line) for line in path.open() if line.strip())
-    return read_impressions(path)
 
 
 @dataclasses.dataclass
@@ -85,7 +69,7 @@ def load_examples(data_dir, max_len: int, eval_fraction: float = 0.2) -> Trainin
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
     per_user: dict[int, list] = defaultdict(list)
     num_events = 0
-    for event in _read_events(events_path):
+    for event in read_events(events_path):
         per_user[event.user_id].append((event.event_time_ms, event.event_id, event.item_id, event.category_id))
         num_events += 1
     histories = {}
@@ -98,7 +82,7 @@ def load_examples(data_dir, max_len: int, eval_fraction: float = 0.2) -> Trainin
             np.array([r[3] for r in rows], np.int64),
         )
         pairs.update((r[2], r[3]) for r in rows)
-    imps = sorted(_read_impressions(imps_path), key=lambda i: (i.event_time_ms, i.user_id))
+    imps = sorted(read_impressions(imps_path), key=lambda i: (i.event_time_ms, i.user_id))
     if len(imps) < 10 or not pairs:
         raise ValueError(
             f"{data_dir}: need at least 10 impressions and some events, got {len(imps)} "

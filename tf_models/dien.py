@@ -11,12 +11,13 @@ import keras
 import tensorflow as tf
 
 from tf_models.base import UICModel
-from tf_models.layers.augru import InterestEvolution
 from tf_models.layers.din_attention import DinAttention
 from tf_models.layers.gru_cell import GRUCell
+from tf_models.layers.interest_evolution import InterestEvolution
 from tf_models.layers.mlp import MLP
 
 
+@keras.saving.register_keras_serializable(package="uic")
 class DIEN(UICModel):
     model_name = "dien"
 

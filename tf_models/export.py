@@ -1,4 +1,4 @@
-"""Export a model's four parts as TF Serving SavedModels (DESIGN.md §4).
+"""Export a model's four parts as TF Serving SavedModels (docs/models.md, 'Export').
 
 ``<out>/<model>_<part>/<version>/`` for part in tower, step, head, full, each with the
 contract's `serving_default` signature (uic.contract.SIGNATURES), TF Serving warm-up records
@@ -144,8 +144,8 @@ class _PartModule(tf.Module):
         self.serve = part_function(model, part, xla_block)
 
 
-def _example_inputs(part: str, state_size: int, rows: int, length: int, rng) -> dict[str, np.ndarray]:
-    """Contract-shaped example inputs (also used by tests and benchmarks)."""
+def _warmup_inputs(part: str, state_size: int, rows: int, length: int, rng) -> dict[str, np.ndarray]:
+    """Contract-shaped inputs of one warm-up request: random ids, full lengths, zero states."""
     inputs, _ = SIGNATURES[part]
     sizes = {"B": rows, "N": rows, "L": length, "T": length, "S": state_size}
     out = {}
@@ -160,10 +160,6 @@ def _example_inputs(part: str, state_size: int, rows: int, length: int, rng) -> 
     return out
 
 
-def example_inputs(part: str, state_size: int, rows: int = 2, length: int = 5, seed: int = 0):
-    return _example_inputs(part, state_size, rows, length, np.random.default_rng(seed))
-
-
 def write_warmup(saved_model_dir: Path, serving_name: str, part: str, state_size: int) -> Path:
     """TF Serving warm-up file: TFRecord of PredictionLog, one PredictLog request each."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -176,7 +172,7 @@ def write_warmup(saved_model_dir: Path, serving_name: str, part: str, state_size
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=serving_name, signature_name=SIGNATURE_NAME)
             )
-            for name, value in _example_inputs(part, state_size, rows, length, rng).items():
+            for name, value in _warmup_inputs(part, state_size, rows, length, rng).items():
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request)

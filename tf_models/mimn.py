@@ -8,6 +8,7 @@ PReLU MLP.
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from tf_models.base import UICModel
@@ -16,6 +17,7 @@ from tf_models.layers.mimn_cell import MIMNCell
 from tf_models.layers.mlp import MLP
 
 
+@keras.saving.register_keras_serializable(package="uic")
 class MIMN(UICModel):
     model_name = "mimn"
 
@@ -26,7 +28,7 @@ class MIMN(UICModel):
         self.memory_cell = MIMNCell(
             m, d, cfg.controller_units, u, cfg.clip_value, cfg.use_mur, cfg.mur_scale, name="mimn_cell"
         )
-        self.memory_cell.build()
+        self.memory_cell.build((None, d))
         # MIMN code: query = target embedding without projection (project only if sizes differ)
         self.miu_attention = DinAttention(cfg.attention_units, project_query=(d != u), name="miu_attention")
         self.miu_attention.build((None, d), (None, m, u))

@@ -4,12 +4,14 @@ the others, but the point of it is the `full` model's AUC next to DIEN's and MIM
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from tf_models.base import UICModel
 from tf_models.layers.mlp import MLP
 
 
+@keras.saving.register_keras_serializable(package="uic")
 class EmbeddingMLP(UICModel):
     model_name = "mlp"
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import keras
 
 from tf_models.base import UICModel
-from tf_models.config import MODEL_NAMES, ModelConfig
+from tf_models.config import ModelConfig
 from tf_models.dien import DIEN
 from tf_models.mimn import MIMN
 from tf_models.mlp import EmbeddingMLP
+from uic.contract import MODELS
 
-MODEL_CLASSES: dict[str, type[UICModel]] = {"dien": DIEN, "mimn": MIMN, "mlp": EmbeddingMLP}
+MODEL_CLASSES: dict[str, type[UICModel]] = {cls.model_name: cls for cls in (DIEN, MIMN, EmbeddingMLP)}
 
 
 def build_model(name: str, config: ModelConfig | None = None, seed: int | None = None) -> UICModel:
@@ -18,7 +19,7 @@ def build_model(name: str, config: ModelConfig | None = None, seed: int | None =
 
     `seed` (default: config.seed) fixes the initial weights."""
     if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model {name!r}; expected one of {list(MODEL_NAMES)}")
+        raise ValueError(f"unknown model {name!r}; expected one of {list(MODELS)}")
     config = config or ModelConfig()
     keras.utils.set_random_seed(config.seed if seed is None else int(seed))
     model = MODEL_CLASSES[name](config)

@@ -17,29 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_models.config import MODEL_NAMES, ModelConfig
+from tf_models.config import ModelConfig
+from tf_models.metrics import auc
+from uic.contract import MODELS
 
 DEFAULTS = {"epochs": 2, "batch_size": 128, "max_len": 100}
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC by the rank statistic (ties get average ranks)."""
-    labels = np.asarray(labels, np.float64)
-    pos = labels.sum()
-    neg = len(labels) - pos
-    if pos == 0 or neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    sorted_scores = np.asarray(scores)[order]
-    i = 0
-    while i < len(scores):
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def build_config(args, data) -> ModelConfig:
@@ -85,9 +67,10 @@ def train(args) -> dict:
     scores = model.predict(eval_ds, verbose=0)
     labels = data.eval.label
     clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+    eval_auc = auc(scores, labels)
     metrics = {
         "model": args.model,
-        "eval_auc": _auc(labels, scores),
+        "eval_auc": float("nan") if eval_auc is None else eval_auc,
         "eval_logloss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))),
         "train_examples": len(data.train),
         "eval_examples": len(data.eval),
@@ -115,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m tf_models.train",
         description="Train a UIC-split CTR model (DIEN, MIMN or the Embedding&MLP baseline).",
     )
-    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--data", required=True, help="directory with events.jsonl and impressions.jsonl")
     p.add_argument("--out", required=True, help="run directory to write (weights, run.json, metrics.json)")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])

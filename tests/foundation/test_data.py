@@ -14,11 +14,11 @@ import pytest
 
 from tf_models.data.synthetic import (
     SyntheticConfig,
-    auc,
     click_probability,
     generate,
     iter_users,
 )
+from tf_models.metrics import auc
 from uic.event_files import read_events, read_events_with_errors, read_impressions
 from uic.events import Event, Impression
 
@@ -107,12 +107,6 @@ def test_click_probability_depends_on_order():
     never_seen, _ = click_probability(old_then_new, 3, 0.0, cfg)
     long_ago, _ = click_probability([3] * 10 + [1] * 40, 3, 0.0, cfg)
     assert long_ago > never_seen * 2  # long-ago interests still matter
-
-
-def test_auc_helper():
-    assert auc([0.1, 0.9], [0, 1]) == 1.0
-    assert auc([0.5, 0.5], [0, 1]) == 0.5
-    assert auc([1, 2], [1, 1]) is None
 
 
 def _cli(*args):

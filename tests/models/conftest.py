@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from tests.models.synth import write_drift_data
-
-MODEL_NAMES = ("dien", "mimn", "mlp")
+from uic.contract import MODELS
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +22,7 @@ def tiny_runs(drift_data, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runs")
     runs = {}
-    for name in MODEL_NAMES:
+    for name in MODELS:
         out = root / name
         code = train_main([
             "--model", name, "--data", str(drift_data), "--out", str(out), "--size", "tiny",
@@ -123,4 +122,4 @@ def keras_parts(tiny_runs):
 
 @pytest.fixture(scope="session")
 def saved_parts(tiny_saved):
-    return {name: SavedParts(tiny_saved, name) for name in MODEL_NAMES}
+    return {name: SavedParts(tiny_saved, name) for name in MODELS}

@@ -2,7 +2,7 @@
 clicks depend on recent, ordered behaviour and on long-ago interests), DIEN and MIMN beat the
 Embedding&MLP baseline's held-out AUC by a clear margin. Trains three small models end to
 end through the CLI (about 2-3 minutes on 2 cores), so it is marked slow. Figures:
-README.md (Models)."""
+docs/models.md, 'Measured: AUC against the baseline'."""
 
 from __future__ import annotations
 

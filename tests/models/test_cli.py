@@ -8,7 +8,6 @@ import pytest
 
 from tf_models.export import export_model
 from tf_models.export import main as export_main
-from tf_models.train import _auc
 from tf_models.train import main as train_main
 from uic.contract import PARTS, export_dir
 
@@ -71,8 +70,3 @@ def test_export_model_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="version must be a positive integer"):
         export_model("mlp", tmp_path, 0)
 
-
-def test_auc_helper():
-    assert _auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
-    assert _auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
-    assert _auc([1, 0], [0.2, 0.8]) == 0.0

@@ -1,14 +1,14 @@
-"""The UIC split is exact (DESIGN.md §4): head(tower(x)) == full(x), folding `step` over the
-events (one at a time or in random chunks) == tower over the whole sequence, padding is a
-no-op, and no score depends on the other rows of its batch. Checked on the trained tiny
-Keras models and again on their exported SavedModels."""
+"""The UIC split is exact (docs/models.md, 'The model contract'): head(tower(x)) == full(x),
+folding `step` over the events (one at a time or in random chunks) == tower over the whole
+sequence, padding is a no-op, and no score depends on the other rows of its batch. Checked on
+the trained tiny Keras models and again on their exported SavedModels."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tests.models.conftest import MODEL_NAMES
+from uic.contract import MODELS
 
 TOL = 1e-5
 LENGTHS = [0, 1, 5, 6, 7, 13, 64, 300]  # tiny ring K = 6: below, at and past the ring size
@@ -44,7 +44,7 @@ def parts_of(request):
     return lambda name: _backend(request, name)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_head_of_tower_equals_full(parts_of, name):
     parts = parts_of(name)
     rng = np.random.default_rng(1)
@@ -62,7 +62,7 @@ def test_head_of_tower_equals_full(parts_of, name):
     assert worst <= TOL, f"{name}: |head(tower(x)) - full(x)| = {worst}"
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_step_fold_equals_tower(parts_of, name):
     parts = parts_of(name)
     lengths = [0, 1, 6, 7, 40, 97, 300, 151]
@@ -90,7 +90,7 @@ def test_step_fold_equals_tower(parts_of, name):
     assert np.array_equal(parts.step(tower, empty, empty, np.zeros(b, np.int32)), tower)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_padding_is_a_no_op(parts_of, name):
     parts = parts_of(name)
     lengths = [0, 3, 12, 50]
@@ -104,7 +104,7 @@ def test_padding_is_a_no_op(parts_of, name):
     assert np.array_equal(stepped, base)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", MODELS)
 def test_scores_do_not_depend_on_the_batch(parts_of, name):
     parts = parts_of(name)
     lengths = [2, 30, 0, 77, 9]
@@ -126,7 +126,7 @@ def test_scores_do_not_depend_on_the_batch(parts_of, name):
 def test_saved_models_compute_what_keras_computes(keras_parts, saved_parts):
     items, cates, lens = _users(10, [0, 5, 40], 40)
     ci, cc = _cands(11)
-    for name in MODEL_NAMES:
+    for name in MODELS:
         k, s = keras_parts[name], saved_parts[name]
         assert np.abs(k.tower(items, cates, lens) - s.tower(items, cates, lens)).max() <= TOL
         state = k.tower(items, cates, lens)[1:2]

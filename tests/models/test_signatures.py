@@ -10,6 +10,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from uic.contract import (
+    MODELS,
     PARTS,
     SIGNATURE_NAME,
     SIGNATURES,
@@ -17,8 +18,6 @@ from uic.contract import (
     ExportMetadata,
     export_dir,
 )
-
-MODELS = ("dien", "mimn", "mlp")
 
 
 def _expected_shape(spec, state_size):

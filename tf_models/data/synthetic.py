@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tf_models.metrics import auc
 from uic.events import BEHAVIOR_TYPES, Event, Impression
 
 END_TIME_MS = 1_512_345_599_000  # 2017-12-03 23:59:59 UTC, the end of the Taobao log
@@ -351,24 +352,6 @@ def iter_users(config: SyntheticConfig) -> Iterator[UserData]:
     world = make_world(config)
     for index, uid in enumerate(user_ids(config)):
         yield generate_user(index, int(uid), world, config)
-
-
-def auc(scores, labels) -> float | None:
-    """Area under the ROC curve (ties get half credit); None when only one class."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    pos = int(labels.sum())
-    neg = len(labels) - pos
-    if pos == 0 or neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def _event_json(ev: Event) -> str:

@@ -1,4 +1,4 @@
-"""Dice activation (DIN paper, Zhou et al. 2018, eq. 5) with moving statistics."""
+"""Dice activation (DIN paper, Zhou et al., KDD 2018, eq. 5) with moving statistics."""
 
 from __future__ import annotations
 
@@ -6,31 +6,40 @@ import keras
 import tensorflow as tf
 
 
+@keras.saving.register_keras_serializable(package="uic")
 class Dice(keras.layers.Layer):
-    """``f(s) = p(s) * s + (1 - p(s)) * alpha * s`` with
-    ``p(s) = sigmoid((s - mean) / sqrt(var + epsilon))``.
+    """Data-adaptive PReLU::
+
+        f(s) = p(s) * s + (1 - p(s)) * alpha * s,   p(s) = sigmoid((s - mean) / sqrt(var + epsilon))
 
     Training uses the batch mean/variance (per channel) and updates moving averages, as
     BatchNorm does; inference uses the moving averages, so a served score never depends on
     the other rows of its batch (the official DIEN code always used batch statistics, which
-    cannot be served). `alpha` is learned per channel, initialised to 0.
+    cannot be served). `alpha` is learned per channel.
 
     Args:
         epsilon: added to the variance (DIEN code 1e-9).
         momentum: moving-average momentum.
-    Shapes: [..., C] -> [..., C].
+        alpha_initializer: of the per-channel `alpha` (DIN code: zeros).
+
+    Input shape: [..., C] (rank >= 2, C known). Output shape: the same.
     """
 
-    def __init__(self, epsilon: float = 1e-9, momentum: float = 0.99, **kwargs):
+    def __init__(self, epsilon: float = 1e-9, momentum: float = 0.99, alpha_initializer="zeros",
+                 **kwargs):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
         self.momentum = float(momentum)
+        self.alpha_initializer = keras.initializers.get(alpha_initializer)
 
     def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(
+                f"Dice expects an input of rank >= 2 [..., C] with a known C, got shape "
+                f"{tuple(input_shape)}"
+            )
         channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(f"Dice needs a known last dimension, got input shape {input_shape}")
-        self.alpha = self.add_weight(shape=(channels,), initializer="zeros", name="alpha")
+        self.alpha = self.add_weight(shape=(channels,), initializer=self.alpha_initializer, name="alpha")
         self.moving_mean = self.add_weight(
             shape=(channels,), initializer="zeros", trainable=False, name="moving_mean"
         )
@@ -52,4 +61,9 @@ class Dice(keras.layers.Layer):
         return p * inputs + (1.0 - p) * self.alpha * inputs
 
     def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
+        return {
+            **super().get_config(),
+            "epsilon": self.epsilon,
+            "momentum": self.momentum,
+            "alpha_initializer": keras.initializers.serialize(self.alpha_initializer),
+        }

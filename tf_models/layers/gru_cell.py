@@ -6,9 +6,12 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tf_models.layers.initializers import fresh
 
+
+@keras.saving.register_keras_serializable(package="uic")
 class GRUCell(keras.layers.Layer):
-    """One GRU step, paper convention (DIEN eqs. 2-5)::
+    """One GRU step, paper convention (DIEN, Zhou et al., AAAI 2019, eqs. 2-5)::
 
         u  = sigmoid(W_u x + U_u h + b_u)          r = sigmoid(W_r x + U_r h + b_r)
         h~ = tanh(W_h x + U_h (r * h) + b_h)       h' = (1 - u) * h + u * h~
@@ -24,29 +27,51 @@ class GRUCell(keras.layers.Layer):
     Args:
         units: hidden size H.
         form: "paper" or "official" (only used when an attention score is given).
-    Shapes: x [B, D], h [B, H], a [B] or [B, 1] -> h' [B, H].
+        kernel_initializer: input kernel W [D, 3H].
+        recurrent_initializer: recurrent kernels U (gates [H, 2H], candidate [H, H]).
+        bias_initializer: bias b [3H].
+
+    Input shapes: x [B, D], h [B, H], optional attention a [B] or [B, 1].
+    Output shape: h' [B, H].
     """
 
-    def __init__(self, units: int, form: str = "paper", **kwargs):
+    def __init__(
+        self,
+        units: int,
+        form: str = "paper",
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if form not in ("paper", "official"):
             raise ValueError(f"GRUCell form must be 'paper' or 'official', got {form!r}")
+        if int(units) < 1:
+            raise ValueError(f"GRUCell needs units >= 1, got {units!r}")
         self.units = int(units)
         self.form = form
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def build(self, input_shape):
         dim = input_shape[-1]
         if dim is None:
             raise ValueError(f"GRUCell needs a known input size, got shape {input_shape}")
         h = self.units
-        self.kernel = self.add_weight(shape=(dim, 3 * h), initializer="glorot_uniform", name="kernel")
+        self.kernel = self.add_weight(
+            shape=(dim, 3 * h), initializer=fresh(self.kernel_initializer), name="kernel"
+        )
         self.recurrent_gates = self.add_weight(
-            shape=(h, 2 * h), initializer="orthogonal", name="recurrent_gates"
+            shape=(h, 2 * h), initializer=fresh(self.recurrent_initializer), name="recurrent_gates"
         )
         self.recurrent_candidate = self.add_weight(
-            shape=(h, h), initializer="orthogonal", name="recurrent_candidate"
+            shape=(h, h), initializer=fresh(self.recurrent_initializer), name="recurrent_candidate"
         )
-        self.bias = self.add_weight(shape=(3 * h,), initializer="zeros", name="bias")
+        self.bias = self.add_weight(
+            shape=(3 * h,), initializer=fresh(self.bias_initializer), name="bias"
+        )
 
     def project(self, x):
         """Input half of all three gates: [..., D] -> [..., 3H]."""
@@ -97,4 +122,11 @@ class GRUCell(keras.layers.Layer):
         return self.recur(self.project(x), h, attention)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "form": self.form}
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "form": self.form,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }

@@ -6,18 +6,22 @@ import keras
 import tensorflow as tf
 
 
+@keras.saving.register_keras_serializable(package="uic")
 class IdHashing(keras.layers.Layer):
-    """Maps raw non-negative int64 ids into `num_buckets` rows; row 0 is reserved for padding.
+    """Maps raw non-negative int64 ids into `num_buckets` rows; row 0 is reserved for padding::
 
-    Formula: ``row(id) = 0 if id <= 0 else 1 + (id - 1) mod (num_buckets - 1)``.
+        row(id) = 0                                  if id <= 0
+                  1 + (id - 1) mod (num_buckets - 1)  otherwise
+
     Ids 1..num_buckets-1 map one to one (no collisions for compact id spaces such as the
     synthetic data); larger or unseen ids share a row with a smaller one (the "out of
     vocabulary" behaviour of a fixed-size hashed table). Deterministic across processes,
-    unlike string hashing, so Beam jobs, servers and training agree.
+    unlike string hashing, so Beam jobs, servers and training agree. No weights.
 
     Args:
         num_buckets: table size including the padding row (>= 2).
-    Shapes: any int tensor in, the same shape of int32 rows out.
+
+    Input shape: any integer tensor. Output shape: the same, int32 rows.
     """
 
     def __init__(self, num_buckets: int, **kwargs):

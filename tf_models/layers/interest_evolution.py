@@ -8,10 +8,23 @@ import tensorflow as tf
 from tf_models.layers.gru_cell import GRUCell
 
 
+def _check_facts(shape) -> None:
+    shape = tuple(shape)
+    if len(shape) != 3 or shape[1] is None:
+        raise ValueError(
+            f"InterestEvolution expects facts of rank 3 [F, K, H] with a static K, got shape {shape}"
+        )
+
+
+@keras.saving.register_keras_serializable(package="uic")
 class InterestEvolution(keras.layers.Layer):
-    """``h'_k = AUGRU(h'_{k-1}, f_k, a_k)`` for k = 1..K from ``h'_0 = 0``; returns ``h'_K``,
+    """DIEN's interest evolution (Zhou et al., AAAI 2019, eqs. 11-12)::
+
+        h'_k = AUGRU(h'_{k-1}, f_k, a_k)  for k = 1..K,  h'_0 = 0;  returns h'_K
+
     where invalid (masked) steps carry the state through, so the result is the state after the
-    last valid fact (valid facts are a prefix, oldest first).
+    last valid fact (valid facts are a prefix, oldest first). The AUGRU is `GRUCell` with the
+    attention score scaling its update gate.
 
     K is static (DIEN's ring size), so the loop is unrolled in the graph; the input half of
     the gates is computed once for facts shared by all candidates.
@@ -19,22 +32,47 @@ class InterestEvolution(keras.layers.Layer):
     Args:
         units: hidden size.
         form: "paper" (attention scales the update gate) or "official" (DIEN code).
-    Shapes: facts [F, K, H] (F = 1 or N), attention [N, K], mask [F, K] -> [N, units].
+        kernel_initializer, recurrent_initializer, bias_initializer: of the AUGRU cell
+            (see `GRUCell`).
+
+    Input shapes: facts [F, K, H] (F = 1: shared by all N rows, or F = N), attention [N, K],
+    mask [F, K] bool.
+    Output shape: [N, units].
     """
 
-    def __init__(self, units: int, form: str = "paper", **kwargs):
+    def __init__(
+        self,
+        units: int,
+        form: str = "paper",
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.units = int(units)
         self.form = form
-        self.cell = GRUCell(self.units, form=form, name="augru_cell")
+        self.cell = GRUCell(
+            self.units,
+            form=form,
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer,
+            name="augru_cell",
+        )
 
     def build(self, facts_shape, attention_shape=None, mask_shape=None):
+        _check_facts(facts_shape)
         self.cell.build((None, facts_shape[-1]))
 
     def call(self, facts, attention, mask):
+        _check_facts(facts.shape)
         steps = facts.shape[1]
-        if steps is None:
-            raise ValueError(f"InterestEvolution needs a static sequence length, got {facts.shape}")
+        if attention.shape.rank != 2 or mask.shape.rank != 2:
+            raise ValueError(
+                "InterestEvolution expects attention [N, K] and mask [F, K], got shapes "
+                f"{tuple(attention.shape)} and {tuple(mask.shape)}"
+            )
         units = self.units
         projected = self.cell.project(facts)  # [F, K, 3H], once for all N rows when F = 1
         if facts.shape[0] == 1:
@@ -58,4 +96,12 @@ class InterestEvolution(keras.layers.Layer):
         return h
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "form": self.form}
+        cell = self.cell
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "form": self.form,
+            "kernel_initializer": keras.initializers.serialize(cell.kernel_initializer),
+            "recurrent_initializer": keras.initializers.serialize(cell.recurrent_initializer),
+            "bias_initializer": keras.initializers.serialize(cell.bias_initializer),
+        }

@@ -6,10 +6,21 @@ import keras
 import tensorflow as tf
 
 from tf_models.layers.gru_cell import GRUCell
+from tf_models.layers.initializers import fresh
 
 _EPS = 1e-8
+_INITIALIZER_ARGS = (
+    "kernel_initializer",
+    "recurrent_initializer",
+    "bias_initializer",
+    "params_initializer",
+    "key_initializer",
+    "read_initializer",
+    "memory_initializer",
+)
 
 
+@keras.saving.register_keras_serializable(package="uic")
 class MIMNCell(keras.layers.Layer):
     """One behaviour step of MIMN (Pi et al., KDD 2019, §4; official code `MIMNCell`).
 
@@ -36,8 +47,26 @@ class MIMNCell(keras.layers.Layer):
     `sum_aggre` memory (the head's `mean_memory` feature), since that is linear in the steps.
 
     Args:
-        slots: m. slot_dim: d (= behaviour embedding size). controller_units, miu_units.
-        clip_value, use_mur, mur_scale: see ModelConfig.
+        slots: m, the number of memory slots and MIU channels.
+        slot_dim: d, the behaviour embedding size (= memory slot width).
+        controller_units: controller GRU size.
+        miu_units: MIU GRU size U.
+        clip_value: clip of the head parameters and of the target read-out.
+        use_mur: memory utilisation regularisation (shift + sharpen of the write weights,
+            the controller sees g).
+        mur_scale: the controller reads ``g / mur_scale``.
+        kernel_initializer, recurrent_initializer, bias_initializer: of the two GRUs (see
+            `GRUCell`) and the read-out layer (kernel, bias).
+        params_initializer: kernel of the head-parameter layer; None = normal with stddev
+            controller_units ** -0.5 (code).
+        key_initializer, read_initializer: of `key_M` and the initial read; None = normal with
+            stddev 0.5.
+        memory_initializer: of the initial memory (not trained); None = normal with stddev 1e-5.
+
+    Input shapes (`call`): x [B, d], c [B, controller_units], r [B, d], memory [B, m, d],
+    channels [B, m, U], g [B, m].
+    Output: (c, r, memory, channels, g) of the same shapes and the `mean_memory` increment
+    [B, d].
     """
 
     def __init__(
@@ -49,39 +78,78 @@ class MIMNCell(keras.layers.Layer):
         clip_value: float = 20.0,
         use_mur: bool = True,
         mur_scale: float = 400.0,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        bias_initializer="zeros",
+        params_initializer=None,
+        key_initializer=None,
+        read_initializer=None,
+        memory_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if int(slots) < 2 or int(slot_dim) < 1:
+            raise ValueError(f"MIMNCell needs slots >= 2 and slot_dim >= 1, got {slots!r}, {slot_dim!r}")
         self.slots, self.slot_dim = int(slots), int(slot_dim)
         self.controller_units, self.miu_units = int(controller_units), int(miu_units)
         self.clip_value, self.use_mur, self.mur_scale = float(clip_value), bool(use_mur), float(mur_scale)
+
+        def initializer(value, default):
+            return keras.initializers.get(default if value is None else value)
+
+        normal = keras.initializers.RandomNormal
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.params_initializer = initializer(
+            params_initializer, normal(stddev=self.controller_units**-0.5)
+        )
+        self.key_initializer = initializer(key_initializer, normal(stddev=0.5))
+        self.read_initializer = initializer(read_initializer, normal(stddev=0.5))
+        self.memory_initializer = initializer(memory_initializer, normal(stddev=1e-5))
         d = self.slot_dim
         # [read key d, read beta 1, write key d, write beta 1, (shift 3, gamma 1), erase d, add d]
         self.param_size = 4 * d + 2 + (4 if self.use_mur else 0)
-        self.controller = GRUCell(self.controller_units, name="controller")
-        self.miu = GRUCell(self.miu_units, name="miu_gru")
+        gru_initializers = dict(  # GRUCell copies them per weight
+            kernel_initializer=self.kernel_initializer,
+            recurrent_initializer=self.recurrent_initializer,
+            bias_initializer=self.bias_initializer,
+        )
+        self.controller = GRUCell(self.controller_units, name="controller", **gru_initializers)
+        self.miu = GRUCell(self.miu_units, name="miu_gru", **gru_initializers)
         self.params = keras.layers.Dense(
             self.param_size,
-            kernel_initializer=keras.initializers.RandomNormal(stddev=self.controller_units**-0.5),
+            kernel_initializer=fresh(self.params_initializer),
+            bias_initializer=fresh(self.bias_initializer),
             name="head_params",
         )
-        self.read_out = keras.layers.Dense(self.slot_dim, name="read_out")
+        self.read_out = keras.layers.Dense(
+            self.slot_dim,
+            kernel_initializer=fresh(self.kernel_initializer),
+            bias_initializer=fresh(self.bias_initializer),
+            name="read_out",
+        )
 
-    def build(self, input_shape=None):
+    def build(self, input_shape):
+        if input_shape[-1] != self.slot_dim:
+            raise ValueError(
+                f"MIMNCell expects behaviour embeddings [B, {self.slot_dim}] (slot_dim), got "
+                f"shape {tuple(input_shape)}"
+            )
         m, d = self.slots, self.slot_dim
         self.controller.build((None, 2 * d))
         self.miu.build((None, 2 * d))
         self.params.build((None, self.controller_units + (m if self.use_mur else 0)))
         self.read_out.build((None, self.controller_units + d))
         self.key_memory = self.add_weight(
-            shape=(m, d), initializer=keras.initializers.RandomNormal(stddev=0.5), name="key_memory"
+            shape=(m, d), initializer=fresh(self.key_initializer), name="key_memory"
         )
         self.read_init = self.add_weight(
-            shape=(d,), initializer=keras.initializers.RandomNormal(stddev=0.5), name="read_init"
+            shape=(d,), initializer=fresh(self.read_initializer), name="read_init"
         )
         self.memory_init = self.add_weight(
             shape=(m, d),
-            initializer=keras.initializers.RandomNormal(stddev=1e-5),
+            initializer=fresh(self.memory_initializer),
             trainable=False,
             name="memory_init",
         )
@@ -155,6 +223,10 @@ class MIMNCell(keras.layers.Layer):
         return tf.clip_by_value(out, -self.clip_value, self.clip_value)
 
     def get_config(self):
+        initializers = {
+            name: keras.initializers.serialize(getattr(self, name))
+            for name in _INITIALIZER_ARGS
+        }
         return {
             **super().get_config(),
             "slots": self.slots,
@@ -164,4 +236,5 @@ class MIMNCell(keras.layers.Layer):
             "clip_value": self.clip_value,
             "use_mur": self.use_mur,
             "mur_scale": self.mur_scale,
+            **initializers,
         }
