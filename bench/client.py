@@ -100,7 +100,7 @@ def run(quick: bool = False) -> list[dict]:
     from devkit.model_server_process import ModelServerProcess
     from devkit.redis_server import EmbeddedRedis
     from model_server.config import write_models_config
-    from uic.contract import ExportMetadata, export_dir
+    from uic.contract import ExportMetadata, export_dir, serving_model_name
     from uic.store import connect as store_connect
 
     requests = 200 if quick else 2000
@@ -109,9 +109,9 @@ def run(quick: bool = False) -> list[dict]:
         tmp = Path(tmp)
         root, version, source = _exports(tmp)
         state_size = ExportMetadata.read(export_dir(root, MODEL, "head", version)).state_size
+        served = [serving_model_name(MODEL, part) for part in ("head", "full")]
         config = write_models_config(tmp / "models.config", {
-            f"{MODEL}_head": {"base_path": root / f"{MODEL}_head", "policy": [version]},
-            f"{MODEL}_full": {"base_path": root / f"{MODEL}_full", "policy": [version]}})
+            name: {"base_path": root / name, "policy": [version]} for name in served})
         with EmbeddedRedis() as redis_server, \
                 ModelServerProcess([f"--model_config_file={config}",
                                     "--max_num_load_retries=0"]) as server:

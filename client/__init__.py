@@ -5,7 +5,7 @@
         result = s.score(42, [1001, 1002], [7, 9])
         result.scores, result.status, result.version, result.redis_ms, result.rpc_ms
 
-See README.md (Client). TensorFlow is not imported (see client/protos.py).
+See docs/client.md. TensorFlow is not imported (see client/protos.py).
 """
 
 from client.errors import (

@@ -17,6 +17,7 @@ from client.errors import ClientError, InvalidRequest
 from client.scorer import ARCHS, FALLBACKS, Scorer, ScoreResult
 from client.transport import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT, TRANSPORTS
 from uic.contract import MODELS
+from uic.store import DEFAULT_REDIS_URL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default=None, metavar="HOST:PORT",
                    help=f"model server (default 127.0.0.1:{DEFAULT_GRPC_PORT} for grpc, "
                         f"127.0.0.1:{DEFAULT_REST_PORT} for rest)")
-    p.add_argument("--redis_url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6390/0"),
-                   help="interest store (default $REDIS_URL or redis://127.0.0.1:6390/0, the "
+    p.add_argument("--redis_url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+                   help=f"interest store (default $REDIS_URL or {DEFAULT_REDIS_URL}, the "
                         "port `make redis-start` uses)")
     p.add_argument("--version", type=int, default=None,
                    help="pin a model version instead of the active pointer")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         user = args.user.strip()
-        if not user.isdigit():
+        if not user.isdecimal():
             raise InvalidRequest(f"--user must be a non-negative integer id, got {args.user!r}")
         if args.items is not None:
             items = parse_id_list(args.items, "--items")

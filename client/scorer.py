@@ -5,7 +5,7 @@ from Redis (one GET), call `<model>_head` pinned to that version with the state 
 candidates. Architecture A (baseline): read the user's last L behaviours from the behaviour
 list, call `<model>_full` pinned to the active version.
 
-Why it is built this way:
+Why it is built this way (docs/client.md has the full story):
 * The version comes from the active-version pointer (cached `active_ttl_s`, default 1 s, so
   it costs a Redis round trip once a second, not per request). The state key carries the
   version and the Predict request pins it, so a state written by tower v is only ever sent
@@ -30,22 +30,29 @@ from collections.abc import Sequence
 import numpy as np
 import redis
 
+from client.candidates import candidate_arrays, check_user
 from client.errors import InvalidRequest, ModelServerError, NotDeployed, StateStoreUnavailable
 from client.transport import make_transport
 from uic.contract import MODELS, serving_model_name
-from uic.store import CorruptValue, InterestStore, StoreConfig, StoreError
+from uic.store import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_REDIS_URL,
+    CorruptValue,
+    InterestStore,
+    StoreConfig,
+    StoreError,
+)
 
-INT64_MAX = 2**63 - 1
-ARCHS = ("A", "B")
+ARCH_PARTS = {"A": "full", "B": "head"}  # architecture -> the model part it calls
+ARCHS = tuple(ARCH_PARTS)
 FALLBACKS = ("cold_start", "error")
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)  # incl. socket timeouts
 
 
 class ScoreStatus(enum.StrEnum):
     FRESH = "fresh"            # the user's own state (B) / behaviours (A), recently updated
     STALE = "stale"            # the user's own state, but not updated for `stale_after_s`
     COLD_START = "cold_start"  # unknown user: the version's cold-start state / empty history
-    DEGRADED = "degraded"      # Redis unreachable or slow: cold-start fallback
+    DEGRADED = "degraded"      # Redis unreachable, slow or corrupt value: cold-start fallback
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,32 +85,44 @@ class ScoreResult:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _UserInputs:
+    """The user side of a Predict request (state for B, history for A) and its provenance."""
+
+    tensors: dict[str, np.ndarray]
+    status: ScoreStatus
+    reason: str | None = None
+    age_ms: float | None = None
+    events: int | None = None
+
+
 class _RedisDown(Exception):
-    pass
+    """Redis cannot answer this read (down, slow, breaker open, corrupt value): fall back."""
 
 
-def _check_user(user_id) -> int:
-    if isinstance(user_id, bool) or not isinstance(user_id, int | np.integer):
-        raise InvalidRequest(f"user_id must be an integer in [0, 2^63-1], got "
-                             f"{type(user_id).__name__} {user_id!r}")
-    if not 0 <= int(user_id) <= INT64_MAX:
-        raise InvalidRequest(f"user_id must be in [0, 2^63-1], got {user_id}")
-    return int(user_id)
+def _is_outage(err: StoreError) -> bool:
+    """True when the store error means Redis is down or slower than the timeout. redis-py
+    makes a rejected password a ConnectionError too; that one is a configuration error and
+    is raised, not hidden behind the fallback."""
+    cause = err.__cause__
+    return (isinstance(cause, redis.ConnectionError | redis.TimeoutError)
+            and not isinstance(cause, redis.AuthenticationError))
 
 
-def _id_array(values, what: str) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise InvalidRequest(f"{what} must be a flat list of integer ids, got shape "
-                             f"{list(array.shape)}")
-    if array.size == 0:
-        raise InvalidRequest(f"{what} is empty: pass at least one candidate")
-    if array.dtype.kind not in "iu":
-        raise InvalidRequest(f"{what} must hold integer ids, got {array.dtype} values "
-                             f"such as {array[0]!r}")
-    if (array.dtype.kind == "u" and array.max() > INT64_MAX) or array.min() < 0:
-        raise InvalidRequest(f"{what} must be ids in [0, 2^63-1]; got {array.min()}..{array.max()}")
-    return array.astype(np.int64, copy=False)
+def _check_arch(arch: str) -> str:
+    if arch not in ARCH_PARTS:
+        raise InvalidRequest(f"arch must be 'A' or 'B', got {arch!r}")
+    return arch
+
+
+def _history_tensors(items: np.ndarray, cates: np.ndarray, lens: np.ndarray) -> dict:
+    return {"hist_item_ids": np.asarray(items, np.int64),
+            "hist_cate_ids": np.asarray(cates, np.int64),
+            "hist_len": np.asarray(lens, np.int32).reshape(1)}
+
+
+# Architecture A without behaviours: one padding column and length 0.
+_EMPTY_HISTORY = _history_tensors(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1))
 
 
 class Scorer:
@@ -125,6 +144,7 @@ class Scorer:
         fallback: "cold_start" (degrade) or "error" when Redis is down or slow.
         redis_retry_after_s: after a Redis failure, skip Redis for this long.
         pool_size: maximum pooled Redis connections.
+        namespace: the store's key prefix (with `redis_url`).
     """
 
     def __init__(self, model: str = "dien", *, redis_url: str | None = None,
@@ -134,11 +154,10 @@ class Scorer:
                  active_ttl_s: float = 1.0, history_length: int = 100,
                  stale_after_s: float = 3600.0, fallback: str = "cold_start",
                  redis_retry_after_s: float = 0.5, pool_size: int = 16,
-                 namespace: str = "uic"):
+                 namespace: str = DEFAULT_NAMESPACE):
         if model not in MODELS:
             raise InvalidRequest(f"model must be one of {list(MODELS)}, got {model!r}")
-        if arch not in ARCHS:
-            raise InvalidRequest(f"arch must be 'A' or 'B', got {arch!r}")
+        _check_arch(arch)
         if fallback not in FALLBACKS:
             raise InvalidRequest(f"fallback must be one of {list(FALLBACKS)}, got {fallback!r}")
         if version is not None and (isinstance(version, bool) or int(version) <= 0):
@@ -149,12 +168,7 @@ class Scorer:
             raise InvalidRequest("deadline_ms and redis_timeout_ms must be positive")
         self._owns_store = store is None
         if store is None:
-            if redis_url is None:
-                raise InvalidRequest("pass redis_url (e.g. redis://127.0.0.1:6390/0) or store")
-            timeout_s = redis_timeout_ms / 1000.0
-            store = StoreConfig(redis_url, namespace=namespace, socket_timeout_s=timeout_s,
-                                connect_timeout_s=timeout_s, max_connections=pool_size,
-                                retries=0).connect(check=False)
+            store = _fail_fast_store(redis_url, namespace, redis_timeout_ms / 1000.0, pool_size)
         self.model = model
         self.arch = arch
         self.store = store
@@ -171,11 +185,100 @@ class Scorer:
         self._redis_down_until = 0.0
         self._lock = threading.Lock()
 
+    # -- scoring ------------------------------------------------------------------------------
+    def score(self, user_id: int, item_ids: Sequence[int] | np.ndarray,
+              cate_ids: Sequence[int] | np.ndarray | None = None, *,
+              arch: str | None = None, deadline_ms: float | None = None) -> ScoreResult:
+        """Score `user_id` against the candidates (`cate_ids` default to 0, the unknown
+        category). Raises `InvalidRequest` on bad input, `StateStoreUnavailable` /
+        `NotDeployed` when Redis cannot serve, `ModelServerError` from the model server."""
+        t_start = time.perf_counter()
+        deadline = t_start + (deadline_ms or self.deadline_ms) / 1000.0
+        arch = _check_arch(arch or self.arch)
+        uid = check_user(user_id)
+        items, cates = candidate_arrays(item_ids, cate_ids)
+
+        t_redis = time.perf_counter()
+        version, redis_down = self._version()
+        user = self._user_inputs(arch, version, uid, redis_down)
+
+        t_build = time.perf_counter()
+        served = serving_model_name(self.model, ARCH_PARTS[arch])
+        request = self.transport.build(
+            served, version, {**user.tensors, "cand_item_ids": items, "cand_cate_ids": cates})
+
+        t_call = time.perf_counter()
+        scores, attempts = self.transport.call(request, deadline)
+        t_end = time.perf_counter()
+        if scores.shape != items.shape:
+            raise ModelServerError("INTERNAL", f"{served} v{version} returned "
+                                   f"{scores.size} scores for {items.size} candidates",
+                                   target=self.transport.target)
+        return ScoreResult(
+            scores=scores, item_ids=items, cate_ids=cates, status=user.status,
+            model=self.model, version=version, arch=arch, served_model=served,
+            transport=self.transport.name, state_age_ms=user.age_ms,
+            events_applied=user.events, redis_ms=(t_build - t_redis) * 1e3,
+            build_ms=(t_call - t_build) * 1e3, rpc_ms=(t_end - t_call) * 1e3,
+            total_ms=(t_end - t_start) * 1e3, attempts=attempts, reason=user.reason,
+        )
+
+    def _user_inputs(self, arch: str, version: int, uid: int,
+                     redis_down: str | None) -> _UserInputs:
+        """The user side of the request; the one place that falls back when Redis fails."""
+        try:
+            if redis_down is not None:  # the pointer refresh just failed: do not wait again
+                raise _RedisDown(redis_down)
+            if arch == "B":
+                return self._state_inputs(version, uid)
+            return self._behaviour_inputs(uid)
+        except _RedisDown as err:
+            return self._fallback_inputs(arch, version, str(err))
+
+    def _state_inputs(self, version: int, uid: int) -> _UserInputs:
+        """B: the user's state of `version`, or the version's cold-start state."""
+        stored = self._redis(self.store.read_state, self.model, version, uid)
+        if stored is None:
+            return _UserInputs({"state": self._cold_start(version)}, ScoreStatus.COLD_START,
+                               "no state for this user")
+        age_ms = max(0.0, time.time() * 1000.0 - stored.write_time_ms)
+        status = ScoreStatus.STALE if age_ms > self.stale_after_ms else ScoreStatus.FRESH
+        return _UserInputs({"state": stored.state.reshape(1, -1)}, status, age_ms=age_ms,
+                           events=stored.events_applied)
+
+    def _behaviour_inputs(self, uid: int) -> _UserInputs:
+        """A: the user's last `history_length` behaviours, trimmed to the real length (the
+        padding is not sent)."""
+        items, cates, lens = self._redis(self.store.read_behaviour_arrays, [uid],
+                                         self.history_length)
+        events = int(lens[0])
+        if not events:
+            return _UserInputs(_EMPTY_HISTORY, ScoreStatus.COLD_START,
+                               "no behaviours for this user", events=0)
+        return _UserInputs(_history_tensors(items[:, :events], cates[:, :events], lens),
+                           ScoreStatus.FRESH, events=events)
+
+    def _fallback_inputs(self, arch: str, version: int, why: str) -> _UserInputs:
+        """Redis could not answer: the cached cold-start state (B) or an empty history (A),
+        status ``degraded``; or StateStoreUnavailable with ``fallback="error"``."""
+        if self.fallback == "error":
+            raise StateStoreUnavailable(f"Redis is unreachable or slow ({why}); "
+                                        "fallback is 'error'")
+        if arch == "A":
+            return _UserInputs(_EMPTY_HISTORY, ScoreStatus.DEGRADED, why)
+        state = self._cold.get(version)
+        if state is None:
+            raise StateStoreUnavailable(
+                f"Redis is unreachable or slow ({why}) and no cold-start state of "
+                f"{self.model} version {version} is cached in the client yet")
+        return _UserInputs({"state": state}, ScoreStatus.DEGRADED, why)
+
     # -- Redis -------------------------------------------------------------------------------
     def _redis(self, fn, *args):
-        """Run one store call. A connection error or timeout opens the breaker and raises
-        _RedisDown (the caller falls back); a corrupt value raises _RedisDown without
-        opening it; any other store error (bad password, wrong server) is raised as is."""
+        """Run one store call. Redis down or slow opens the breaker and raises _RedisDown
+        (the caller falls back); a corrupt value raises _RedisDown without opening it; any
+        other store error (wrong password, permissions, wrong key type) is raised as
+        StateStoreUnavailable."""
         if time.perf_counter() < self._redis_down_until:
             raise _RedisDown("Redis marked down after a recent failure; retrying in "
                              f"<= {self.redis_retry_after_s:g} s")
@@ -183,43 +286,43 @@ class Scorer:
             return fn(*args)
         except CorruptValue as err:
             raise _RedisDown(str(err)) from None
-        except (StoreError, *_REDIS_DOWN) as err:
-            cause = err if isinstance(err, _REDIS_DOWN) else err.__cause__
-            if not isinstance(cause, _REDIS_DOWN):
+        except StoreError as err:
+            if not _is_outage(err):
                 raise StateStoreUnavailable(f"Redis error: {err}") from err
             self._redis_down_until = time.perf_counter() + self.redis_retry_after_s
-            raise _RedisDown(f"{type(cause).__name__}: {cause}") from None
+            raise _RedisDown(f"{type(err.__cause__).__name__}: {err.__cause__}") from None
 
     def _version(self) -> tuple[int, str | None]:
-        """(version to use, degradation reason or None)."""
+        """(version to use, why Redis is down or None). The last known version keeps being
+        served while Redis is down."""
         if self.pinned_version is not None:
             return self.pinned_version, None
-        now = time.perf_counter()
         active = self._active
-        if active is not None and now < active[1]:
+        if active is not None and time.perf_counter() < active[1]:
             return active[0], None
         try:
             version = self._redis(self.store.get_active_version, self.model)
         except _RedisDown as err:
-            if active is not None:  # keep serving the last known version
+            if active is not None:
                 return active[0], str(err)
             raise StateStoreUnavailable(
                 f"Redis is unreachable ({err}) and no active version of {self.model!r} is "
                 "known yet; start Redis / check --redis_url, or pin --version") from None
         if version is None:
             raise NotDeployed(
-                f"no active version of {self.model!r} in Redis (key {self.store.active_key(self.model)}):"
-                " run the backfill for a version and flip the pointer "
-                "(InterestStore.set_active_version), or pin a version")
-        self._active = (int(version), time.perf_counter() + self.active_ttl_s)
-        if self.arch == "B" and int(version) not in self._cold:
+                f"no active version of {self.model!r} in Redis (key "
+                f"{self.store.active_key(self.model)}): run the backfill for a version and "
+                "flip the pointer (InterestStore.set_active_version), or pin a version")
+        self._active = (version, time.perf_counter() + self.active_ttl_s)
+        if self.arch == "B" and version not in self._cold:
             try:  # prefetch, so a later Redis outage can still fall back to it
-                self._cold_start(int(version))
+                self._cold_start(version)
             except (_RedisDown, NotDeployed):
                 pass
-        return int(version), None
+        return version, None
 
     def _cold_start(self, version: int) -> np.ndarray:
+        """The cold-start state of `version`, [1, S]; read from Redis once, then cached."""
         state = self._cold.get(version)
         if state is None:
             state = self._redis(self.store.read_cold_start, self.model, version)
@@ -233,109 +336,7 @@ class Scorer:
                 self._cold[version] = state
         return state
 
-    def _fallback_state(self, version: int, why: str) -> np.ndarray:
-        if self.fallback == "error":
-            raise StateStoreUnavailable(f"Redis is unreachable or slow ({why}); "
-                                        "fallback is 'error'")
-        state = self._cold.get(version)
-        if state is None:
-            raise StateStoreUnavailable(
-                f"Redis is unreachable or slow ({why}) and no cold-start state of "
-                f"{self.model} version {version} is cached in the client yet")
-        return state
-
-    # -- scoring ------------------------------------------------------------------------------
-    def score(self, user_id: int, item_ids: Sequence[int] | np.ndarray,
-              cate_ids: Sequence[int] | np.ndarray | None = None, *,
-              arch: str | None = None, deadline_ms: float | None = None) -> ScoreResult:
-        """Score `user_id` against the candidates (`cate_ids` default to 0, the unknown
-        category). Raises `InvalidRequest` on bad input, `StateStoreUnavailable` /
-        `NotDeployed` when Redis cannot serve, `ModelServerError` from the model server."""
-        t_start = time.perf_counter()
-        deadline = t_start + (deadline_ms or self.deadline_ms) / 1000.0
-        arch = arch or self.arch
-        if arch not in ARCHS:
-            raise InvalidRequest(f"arch must be 'A' or 'B', got {arch!r}")
-        uid = _check_user(user_id)
-        items = _id_array(item_ids, "item_ids")
-        if cate_ids is None:
-            cates = np.zeros_like(items)
-        else:
-            cates = _id_array(cate_ids, "cate_ids")
-            if cates.shape != items.shape:
-                raise InvalidRequest(f"got {items.size} item_ids but {cates.size} cate_ids: "
-                                     "give one category per candidate")
-
-        t0 = time.perf_counter()
-        version, reason = self._version()
-        age_ms = events = None
-        if arch == "B":
-            served = serving_model_name(self.model, "head")
-            try:
-                if reason is not None:
-                    raise _RedisDown(reason)
-                stored = self._redis(self.store.read_state, self.model, version, uid)
-            except _RedisDown as err:
-                reason = str(err)
-                state, status = self._fallback_state(version, reason), ScoreStatus.DEGRADED
-            else:
-                if stored is None:
-                    try:
-                        state = self._cold_start(version)
-                        status, reason = ScoreStatus.COLD_START, "no state for this user"
-                    except _RedisDown as err:
-                        reason = str(err)
-                        state, status = self._fallback_state(version, reason), ScoreStatus.DEGRADED
-                else:
-                    state = stored.state.reshape(1, -1)
-                    age_ms = max(0.0, time.time() * 1000.0 - stored.write_time_ms)
-                    events = stored.events_applied
-                    status = ScoreStatus.STALE if age_ms > self.stale_after_ms else ScoreStatus.FRESH
-            t1 = time.perf_counter()
-            inputs = {"state": state, "cand_item_ids": items, "cand_cate_ids": cates}
-        else:
-            served = serving_model_name(self.model, "full")
-            try:
-                if reason is not None:
-                    raise _RedisDown(reason)
-                hist_items, hist_cates, lens = self._redis(
-                    self.store.read_behaviour_arrays, [uid], self.history_length)
-            except _RedisDown as err:
-                if self.fallback == "error":
-                    raise StateStoreUnavailable(f"Redis is unreachable or slow ({err}); "
-                                                "fallback is 'error'") from None
-                reason, status = str(err), ScoreStatus.DEGRADED
-                hist_items = hist_cates = np.zeros((1, 1), np.int64)
-                lens = np.zeros(1, np.int32)
-            else:
-                events = int(lens[0])
-                status = ScoreStatus.FRESH if events else ScoreStatus.COLD_START
-                if not events:
-                    reason = "no behaviours for this user"
-                width = max(events, 1)  # send the real history, not the padding
-                hist_items, hist_cates = hist_items[:, :width], hist_cates[:, :width]
-            t1 = time.perf_counter()
-            inputs = {"hist_item_ids": np.asarray(hist_items, np.int64),
-                      "hist_cate_ids": np.asarray(hist_cates, np.int64),
-                      "hist_len": np.asarray(lens, np.int32).reshape(1),
-                      "cand_item_ids": items, "cand_cate_ids": cates}
-
-        request = self.transport.build(served, version, inputs)
-        t2 = time.perf_counter()
-        scores, attempts = self.transport.call(request, deadline)
-        t3 = time.perf_counter()
-        if scores.shape != items.shape:
-            raise ModelServerError("INTERNAL", f"{served} v{version} returned "
-                                   f"{scores.size} scores for {items.size} candidates",
-                                   target=self.transport.target)
-        return ScoreResult(
-            scores=scores, item_ids=items, cate_ids=cates, status=status, model=self.model,
-            version=version, arch=arch, served_model=served, transport=self.transport.name,
-            state_age_ms=age_ms, events_applied=events,
-            redis_ms=(t1 - t0) * 1e3, build_ms=(t2 - t1) * 1e3, rpc_ms=(t3 - t2) * 1e3,
-            total_ms=(t3 - t_start) * 1e3, attempts=attempts, reason=reason,
-        )
-
+    # -- lifetime -----------------------------------------------------------------------------
     def active_version(self) -> int:
         """The version the next `score()` will use (refreshing the cached pointer if due)."""
         return self._version()[0]
@@ -354,3 +355,18 @@ class Scorer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _fail_fast_store(redis_url: str | None, namespace: str, timeout_s: float,
+                     pool_size: int) -> InterestStore:
+    """A store whose reads give up after `timeout_s` with no retries inside redis-py: the
+    scorer's fallback and breaker decide what happens next. Not checked now, so a scorer
+    can start while Redis is down."""
+    if redis_url is None:
+        raise InvalidRequest(f"pass redis_url (e.g. {DEFAULT_REDIS_URL}) or store")
+    config = StoreConfig(redis_url, namespace=namespace, socket_timeout_s=timeout_s,
+                         connect_timeout_s=timeout_s, max_connections=pool_size, retries=0)
+    try:
+        return config.connect(check=False)
+    except StoreError as err:  # a malformed URL or namespace
+        raise InvalidRequest(str(err)) from None

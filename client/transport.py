@@ -36,7 +36,8 @@ TRANSPORTS = ("grpc", "rest")
 DEFAULT_GRPC_PORT = 8500
 DEFAULT_REST_PORT = 8501
 
-# TF Serving's canonical-code to HTTP mapping, inverted (conformance §1.2).
+# TF Serving's canonical-code to HTTP mapping, inverted (docs/model_server.md, the TF
+# Serving conformance table).
 _HTTP_TO_CODE = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                  404: "NOT_FOUND", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
                  500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",

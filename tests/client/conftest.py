@@ -28,6 +28,9 @@ UNKNOWN_USER = 14
 CAND_ITEMS = np.array([5, 17, 230, 999, 4242, 17, 123456789012], dtype=np.int64)
 CAND_CATES = np.array([1, 3, 3, 9, 60, 2, 7], dtype=np.int64)
 T0_MS = 1_700_000_000_000
+# Loading eight servables while TensorFlow computes the expected scores takes minutes on a
+# busy two-core machine; a server that never comes up still fails the session.
+SERVER_START_S = 600
 
 
 def history(user: int) -> tuple[np.ndarray, np.ndarray, list[Event]]:
@@ -62,9 +65,9 @@ def _servers(tiny_exports, tmp_path_factory):
     pool = ThreadPoolExecutor(2, thread_name_prefix="model-server-start")
     futures = {
         "main": pool.submit(start_model_server, models, (),
-                            tmp_path_factory.mktemp("server_main")),
+                            tmp_path_factory.mktemp("server_main"), SERVER_START_S),
         "small": pool.submit(start_model_server, {"dien_head": tiny_exports / "dien_head"}, (),
-                             tmp_path_factory.mktemp("server_small")),
+                             tmp_path_factory.mktemp("server_small"), SERVER_START_S),
     }
     yield futures
     pool.shutdown(wait=True)

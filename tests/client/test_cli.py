@@ -57,10 +57,11 @@ def test_cli_candidates_file_arch_a_and_json(server, expected, seeded_store, red
     (["--user", "1", "--items", "1,b"], "element 2 is 'b'"),
     (["--user", "1", "--candidates", "/nonexistent.csv"], "does not exist"),
     (["--user", "1", "--items", "1", "--server", "host:port"], "host:port"),
+    (["--user", "1", "--items", "1", "--redis_url", "localhost:6390"], "bad Redis URL"),
 ])
 def test_cli_bad_input_exits_2_with_a_message(args, fragment, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["score", *args, "--redis_url", "redis://127.0.0.1:1/0"])
+        main(["score", "--redis_url", "redis://127.0.0.1:1/0", *args])
     assert info.value.code == 2
     assert fragment in capsys.readouterr().err
 

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import redis
 
 from client import (
     InvalidRequest,
@@ -140,8 +141,9 @@ def test_redis_stopped_during_a_run_degrades_then_recovers(server, expected, tmp
                 assert r.status == ScoreStatus.DEGRADED and r.version == 1, r
                 assert r.reason
                 assert_close(r.scores, expected.cold_scores[("dien", 1)])
-            with pytest.raises(StateStoreUnavailable, match="fallback is 'error'"):
-                strict.score(11, CAND_ITEMS, CAND_CATES)
+            for arch in ("B", "A"):
+                with pytest.raises(StateStoreUnavailable, match="fallback is 'error'"):
+                    strict.score(11, CAND_ITEMS, CAND_CATES, arch=arch)
 
             redis_server = EmbeddedRedis(port=redis_server.port,
                                          data_dir=tmp_path / "r2").start()
@@ -167,6 +169,21 @@ return 1
 """
 
 
+def _wait_until_blocked(url: str) -> None:
+    """Return once Redis has stopped answering (it is inside the blocking script)."""
+    probe = open_redis(url, socket_timeout_s=0.02, retries=0)
+    try:
+        for _ in range(500):
+            try:
+                probe.ping()
+            except redis.TimeoutError:
+                return
+            time.sleep(0.005)
+        raise AssertionError("Redis never started the blocking script")
+    finally:
+        probe.close()
+
+
 def test_slow_redis_degrades_then_recovers(server, expected, seeded_store, redis_url):
     """Redis busy (a Lua script blocks it for 0.6 s) is 'slow': the read times out."""
 
@@ -176,24 +193,63 @@ def test_slow_redis_degrades_then_recovers(server, expected, seeded_store, redis
         blocker = open_redis(redis_url)
         thread = threading.Thread(target=blocker.eval, args=(BUSY_LUA, 0, 600_000))
         thread.start()
-        time.sleep(0.1)
+        _wait_until_blocked(redis_url)
         r = scorer.score(11, CAND_ITEMS, CAND_CATES)
         thread.join()
         blocker.close()
         assert r.status == ScoreStatus.DEGRADED and "Timeout" in r.reason, r
         assert_close(r.scores, expected.cold_scores[("dien", 1)])
-        time.sleep(0.1)
+        time.sleep(2 * scorer.redis_retry_after_s)  # let the circuit breaker close
         r = scorer.score(11, CAND_ITEMS, CAND_CATES)
         assert r.status == ScoreStatus.FRESH
         assert_close(r.scores, expected.scores[("dien", 1, 11)])
 
 
-def test_redis_down_before_anything_is_known_is_a_clear_error(server):
+def test_redis_down_before_anything_is_known_is_a_clear_error(server, expected):
     with EmbeddedRedis() as r:
         url = r.url
     with Scorer("dien", redis_url=url, server=server.grpc_target) as scorer:
         with pytest.raises(StateStoreUnavailable, match="no active version of 'dien' is known"):
             scorer.score(11, CAND_ITEMS, CAND_CATES)
+    # a pinned version needs no pointer; B has no cold-start state cached, A needs none
+    with Scorer("dien", redis_url=url, server=server.grpc_target, version=1,
+                deadline_ms=5000, redis_retry_after_s=0) as scorer:
+        with pytest.raises(StateStoreUnavailable, match="no cold-start state of dien version 1 "
+                                                        "is cached"):
+            scorer.score(11, CAND_ITEMS, CAND_CATES)
+        r = scorer.score(11, CAND_ITEMS, CAND_CATES, arch="A")
+        assert r.status == ScoreStatus.DEGRADED and "ConnectionError" in r.reason, r
+        assert_close(r.scores, expected.cold_scores[("dien", 1)])
+
+
+def test_corrupt_state_degrades_that_request_only(server, expected, seeded_store):
+    key = seeded_store.state_key("dien", 1, 12)
+    seeded_store.client.set(key, b"not a state")
+    with Scorer("dien", store=seeded_store, server=server.grpc_target, deadline_ms=5000,
+                redis_retry_after_s=600) as scorer:
+        r = scorer.score(12, CAND_ITEMS, CAND_CATES)
+        assert r.status == ScoreStatus.DEGRADED and key in r.reason, r
+        assert_close(r.scores, expected.cold_scores[("dien", 1)])
+        # a corrupt value is not an outage: the next user is read from Redis as usual
+        assert scorer.score(11, CAND_ITEMS, CAND_CATES).status == ScoreStatus.FRESH
+
+
+def test_redis_errors_that_are_not_outages_are_raised(server, expected, seeded_store):
+    # a behaviour list of the wrong type: the operator must fix the data; no breaker
+    seeded_store.client.set(seeded_store.behaviour_key(12), b"not a behaviour list")
+    with Scorer("dien", store=seeded_store, server=server.grpc_target, deadline_ms=5000,
+                redis_retry_after_s=600, arch="A") as scorer:
+        with pytest.raises(StateStoreUnavailable, match="Redis error: .*WRONGTYPE"):
+            scorer.score(12, CAND_ITEMS, CAND_CATES)
+        assert scorer.score(11, CAND_ITEMS, CAND_CATES).status == ScoreStatus.FRESH
+    # a wrong password (a ConnectionError in redis-py) is a configuration error, not an outage
+    with EmbeddedRedis(password="s3cret") as guarded:
+        seed(store_connect(guarded.url), expected)
+        wrong = guarded.url.replace(":s3cret@", ":wrong@")
+        with Scorer("dien", redis_url=wrong, server=server.grpc_target, version=1) as scorer:
+            for arch in ("B", "A"):
+                with pytest.raises(StateStoreUnavailable, match="rejected the credentials"):
+                    scorer.score(11, CAND_ITEMS, CAND_CATES, arch=arch)
 
 
 def test_model_server_stopped_gives_a_clear_error(small_server, seeded_store):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from client.candidates import parse_id_list, read_candidates
+from client.candidates import check_user, parse_id_list, read_candidates
 from client.errors import InvalidRequest, ModelServerError, ModelServerUnavailable
 from client.protos import DT_FLOAT, DT_INT64, PredictRequest, fill_tensor, tensor_to_numpy
 from client.transport import _Retrying, _Transient, parse_target
@@ -69,6 +69,13 @@ def test_parse_id_list():
                           ("1,-2", "'-2'"), (str(2**63), r"below 2\^63")]:
         with pytest.raises(InvalidRequest, match=fragment):
             parse_id_list(bad, "--items")
+
+
+def test_check_user_takes_python_and_numpy_integers_in_the_id_range():
+    assert check_user(np.int64(11)) == 11 and type(check_user(np.int64(11))) is int
+    assert check_user(np.uint64(2**63 - 1)) == 2**63 - 1
+    with pytest.raises(InvalidRequest, match=rf"user_id must be in \[0, 2\^63-1\], got {2**63}"):
+        check_user(np.uint64(2**63))
 
 
 def test_read_candidates_csv_and_jsonl(tmp_path):
