@@ -211,7 +211,8 @@ def summarize(cells: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m bench.archab",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 lengths x 2 rates, 3 s cells")
     parser.add_argument("--seq_lens", default=",".join(map(str, SEQ_LENS)))

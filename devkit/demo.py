@@ -27,8 +27,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from redis.exceptions import ResponseError
 from rich.console import Console
 from rich.table import Table
+
+from devkit.processes import ChildProcess, ProcessStartError
+from devkit.redis_server import EmbeddedRedis, EmbeddedRedisError
+from uic.contract import MODELS, SEQUENCE_MODELS, serving_model_name
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 # TensorFlow's C++ start-up chatter (absl logs cannot be silenced by TF_CPP_MIN_LOG_LEVEL in
@@ -36,11 +41,13 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 NOISE = re.compile(rb"^(WARNING: All log messages before absl|[IWE]0000 \d|To enable the following "
                    rb"instructions|WARNING:root:(apitools not found|Resource module))")
 PY = sys.executable
-MODELS = ("dien", "mimn")
+STREAM_JOB_READY_S = 300.0
+"""How long a streaming job may take to start (import Beam and TensorFlow, load the step
+model, create its consumer group) on a slow two-core machine."""
 
 
 class DemoError(RuntimeError):
-    pass
+    """A demo step failed; the message names the step (its output was shown above)."""
 
 
 def _env() -> dict:
@@ -99,23 +106,44 @@ def _copy_filtered(stream, out) -> bytes:
     return bytes(kept)
 
 
-@contextlib.contextmanager
-def background(args: list[str], log_path: Path):
-    """A CLI in the background (the streaming jobs), stopped with SIGINT then SIGKILL."""
-    console.print(f"[dim]$ python {shlex.join(args)} &  (log: {log_path})[/dim]")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([PY, *args], env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+def consumer_group_exists(client, stream: str, group: str) -> bool:
+    """True once `group` is a consumer group of `stream` (XINFO GROUPS)."""
     try:
-        yield proc
+        groups = client.xinfo_groups(stream)
+    except ResponseError:  # the stream does not exist yet
+        return False
+    return any(g["name"] in (group, group.encode()) for g in groups)
+
+
+def start_stream_job(model: str, exports: Path, redis_url: str, logs: Path) -> ChildProcess:
+    """Start `beam_jobs.stream` for `model` in the background, reading new entries only
+    (`$`) with its own consumer group `uic-<model>`. It stops on SIGINT (its Ctrl-C
+    handling), then SIGKILL."""
+    from beam_jobs import DEFAULT_STREAM
+
+    args = ["-m", "beam_jobs.stream", "--model", model, "--saved_models", str(exports),
+            "--redis_url", redis_url, "--stream", DEFAULT_STREAM, "--group", f"uic-{model}",
+            "--start_id", "$", "--stop_after_seconds", "900"]
+    log_path = logs / f"stream-{model}.log"
+    console.print(f"[dim]$ python {shlex.join(args)} &  (log: {log_path})[/dim]")
+    return ChildProcess([PY, *args], name=f"stream job for {model}", log_path=log_path,
+                        env=_env(), stop_signal=signal.SIGINT).start()
+
+
+def wait_for_consumer_group(job: ChildProcess, redis_url: str, group: str,
+                            timeout: float = STREAM_JOB_READY_S) -> None:
+    """Return once `job` has created `group` on the event stream: from then on it receives
+    every event pushed (a group made with `$` does not see earlier entries). Raises
+    ProcessStartError, quoting the job's log, if the job exits or `timeout` passes first."""
+    from beam_jobs import DEFAULT_STREAM
+    from uic.store import open_redis
+
+    client = open_redis(redis_url)
+    try:
+        job.wait_until(lambda: consumer_group_exists(client, DEFAULT_STREAM, group),
+                       f"consumer group {group!r} on stream {DEFAULT_STREAM!r}", timeout)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        client.close()
 
 
 def read_catalog(events_path: Path) -> tuple[dict[int, list[int]], dict[int, Counter], int]:
@@ -133,19 +161,22 @@ def read_catalog(events_path: Path) -> tuple[dict[int, list[int]], dict[int, Cou
     return {c: sorted(s) for c, s in items_by_cat.items()}, user_cats, last_ts
 
 
-def wait_for_events(store, model: str, user_id: int, target: int, timeout: float) -> float:
-    """Poll until the user's state has applied `target` events; returns seconds waited."""
+def wait_for_events(store, job: ChildProcess, model: str, user_id: int, target: int,
+                    timeout: float) -> float:
+    """Poll until the user's state has applied `target` events; returns seconds waited.
+    Fails with the stream job's log if the job stops or `timeout` passes first."""
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
+    while job.running and time.perf_counter() - t0 < timeout:
         rec = store.read_state(model, 1, user_id)
         if rec is not None and rec.events_applied >= target:
             return time.perf_counter() - t0
         time.sleep(0.05)
-    raise DemoError(f"{model} state of user {user_id} did not reach {target} events in "
-                    f"{timeout:.0f} s; see the stream job's log")
+    why = "in time" if job.running else f"(the job exited with code {job.returncode})"
+    raise DemoError(f"{model} state of user {user_id} did not reach {target} events "
+                    f"{why}; the end of the {job.name}'s log {job.log_path}:\n{job.log_tail(30)}")
 
 
-def live_events(store, redis_client, scorers, catalog, n_users: int, burst: int):
+def live_events(store, jobs, scorers, catalog, n_users: int, burst: int):
     """Push a burst of events in a new category for a few users; show scores before/after."""
     from beam_jobs import DEFAULT_STREAM
     from beam_jobs.produce import produce
@@ -159,33 +190,36 @@ def live_events(store, redis_client, scorers, catalog, n_users: int, burst: int)
         new_cat = next(c for c in rich_cats if user_cats[user][c] == 0 and c != top)
         cands_items = items_by_cat[top][:5] + items_by_cat[new_cat][:5]
         cands_cates = [top] * 5 + [new_cat] * 5
-        before = {m: scorers[m].score(user, cands_items, cands_cates) for m in MODELS}
-        applied = {m: before[m].events_applied or 0 for m in MODELS}
+        before = {m: scorers[m].score(user, cands_items, cands_cates)
+                  for m in SEQUENCE_MODELS}
+        applied = {m: before[m].events_applied or 0 for m in SEQUENCE_MODELS}
         payloads = [
             Event(user, items_by_cat[new_cat][j % len(items_by_cat[new_cat])], new_cat, "pv",
                   last_ts + 60_000 * (k + 1) + 1000 * j, f"live-{user}-{j}").to_json()
             for j in range(burst)]
         t_push = time.perf_counter()
-        produce(redis_client, DEFAULT_STREAM, payloads, rate=0.0, progress=False)
-        waited = {m: wait_for_events(store, m, user, applied[m] + burst, 60) for m in MODELS}
-        after = {m: scorers[m].score(user, cands_items, cands_cates) for m in MODELS}
+        produce(store, DEFAULT_STREAM, payloads, rate=0.0, progress=False)
+        waited = {m: wait_for_events(store, jobs[m], m, user, applied[m] + burst, 120)
+                  for m in SEQUENCE_MODELS}
+        after = {m: scorers[m].score(user, cands_items, cands_cates)
+                 for m in SEQUENCE_MODELS}
         table = Table(title=f"user {user}: {burst} live clicks in category {new_cat} "
                             f"(their usual category is {top})")
         table.add_column("candidate item")
         table.add_column("category")
-        for m in MODELS:
+        for m in SEQUENCE_MODELS:
             table.add_column(f"{m} before")
             table.add_column(f"{m} after")
         for j, (item, cate) in enumerate(zip(cands_items, cands_cates, strict=True)):
             row = [str(item), f"{cate} ({'usual' if cate == top else 'new'})"]
-            for m in MODELS:
+            for m in SEQUENCE_MODELS:
                 b, a = float(before[m].scores[j]), float(after[m].scores[j])
                 color = "green" if a > b else "red"
                 row += [f"{b:.3f}", f"[{color}]{a:.3f}[/{color}]"]
             table.add_row(*row)
         console.print(table)
         console.print("state visible after: " + ", ".join(
-            f"{m} {waited[m] * 1000:.0f} ms" for m in MODELS) +
+            f"{m} {waited[m] * 1000:.0f} ms" for m in SEQUENCE_MODELS) +
             f" (push to readable, {time.perf_counter() - t_push:.2f} s for both)")
 
 
@@ -231,8 +265,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import shutil
 
-    from devkit.redis_server import EmbeddedRedis
-
     _import_tensorflow_quietly()
     work = Path(args.workdir).resolve()
     if work.exists():
@@ -242,12 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         console.rule("[bold cyan]1. Redis")
-        redis = stack.enter_context(EmbeddedRedis(data_dir=work / "redis"))
-        console.print(f"redis-server on {redis.url} (data in {work / 'redis'})")
+        redis_server = stack.enter_context(EmbeddedRedis(data_dir=work / "redis"))
+        console.print(f"redis-server on {redis_server.url} (data in {work / 'redis'})")
 
         run_cli("2. Synthetic behaviour logs", ["-m", "tf_models.data.synthetic", "--out", str(data),
                                                 "--users", str(args.users)])
-        for model in ("dien", "mimn", "mlp"):
+        for model in MODELS:
             run_cli(f"3. Train {model}", ["-m", "tf_models.train", "--model", model,
                                           "--data", str(data), "--out", str(runs / model),
                                           "--epochs", str(args.epochs), "--size", args.size,
@@ -255,11 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         auc = Table(title="Held-out AUC (time-based split)")
         auc.add_column("model")
         auc.add_column("AUC")
-        for model in ("mlp", "dien", "mimn"):
+        for model in MODELS:
             metrics = json.loads((runs / model / "metrics.json").read_text())
             auc.add_row(model, f"{metrics.get('eval_auc', metrics.get('auc', float('nan'))):.4f}")
         console.print(auc)
-        for model in ("dien", "mimn", "mlp"):
+        for model in MODELS:
             run_cli(f"4. Export {model} version 1", ["-m", "tf_models.export", "--run",
                                                      str(runs / model), "--out", str(exports),
                                                      "--version", "1"], quiet=True)
@@ -268,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         from devkit.model_server_process import ModelServerProcess
         from model_server.config import write_models_config
 
-        served = ["dien_head", "dien_full", "mimn_head", "mimn_full"]
+        served = [serving_model_name(m, part) for m in SEQUENCE_MODELS for part in ("head", "full")]
         config = write_models_config(work / "models.config", {n: exports / n for n in served})
         server = stack.enter_context(ModelServerProcess(
             [f"--model_config_file={config}"], log_path=work / "logs" / "model_server.log"))
@@ -276,35 +308,35 @@ def main(argv: list[str] | None = None) -> int:
                       "(same flags as tensorflow_model_server)")
 
         events = data / "events.jsonl"
-        for model in MODELS:
+        for model in SEQUENCE_MODELS:
             run_cli(f"6. Backfill {model} states (Beam batch)",
                     ["-m", "beam_jobs.backfill", "--events", str(events), "--model", model,
-                     "--version", "1", "--saved_models", str(exports), "--redis_url", redis.url,
+                     "--version", "1", "--saved_models", str(exports), "--redis_url", redis_server.url,
                      "--dead_letter", str(work / "logs" / f"dead-{model}.jsonl")])
 
         console.rule("[bold cyan]7. Streaming jobs")
-        for model in MODELS:
-            stack.enter_context(background(
-                ["-m", "beam_jobs.stream", "--model", model, "--saved_models", str(exports),
-                 "--redis_url", redis.url, "--group", f"uic-{model}", "--start_id", "$",
-                 "--stop_after_seconds", "900"],
-                work / "logs" / f"stream-{model}.log"))
+        jobs = {}
+        for model in SEQUENCE_MODELS:  # both start at once; then wait for each to be reading
+            jobs[model] = start_stream_job(model, exports, redis_server.url, work / "logs")
+            stack.callback(jobs[model].stop, 15)
+        for model, job in jobs.items():
+            wait_for_consumer_group(job, redis_server.url, f"uic-{model}")
+            console.print(f"stream job for {model} is reading (consumer group uic-{model})")
 
         from client import Scorer
         from uic.store import connect as store_connect
 
-        store = store_connect(redis.url)
-        scorers_b = {m: stack.enter_context(Scorer(m, redis_url=redis.url, server=server.grpc_target,
+        store = store_connect(redis_server.url)
+        scorers_b = {m: stack.enter_context(Scorer(m, redis_url=redis_server.url, server=server.grpc_target,
                                                    deadline_ms=5000))
-                     for m in MODELS}
-        scorers_a = {m: stack.enter_context(Scorer(m, redis_url=redis.url, server=server.grpc_target,
+                     for m in SEQUENCE_MODELS}
+        scorers_a = {m: stack.enter_context(Scorer(m, redis_url=redis_server.url, server=server.grpc_target,
                                                    arch="A", history_length=1000,
                                                    deadline_ms=30000))
-                     for m in MODELS}
-        time.sleep(3)  # let the streaming jobs create their consumer groups
+                     for m in SEQUENCE_MODELS}
         console.rule("[bold cyan]8. Live events change the scores")
         catalog = read_catalog(events)
-        live_events(store, store.client, scorers_b, catalog, args.live_users, args.burst)
+        live_events(store, jobs, scorers_b, catalog, args.live_users, args.burst)
 
         console.rule("[bold cyan]9. Architecture A vs B through the client")
         items_by_cat, user_cats, _ = catalog
@@ -318,6 +350,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         raise SystemExit(main())
-    except DemoError as err:
+    except (DemoError, ProcessStartError, EmbeddedRedisError) as err:
         console.print(f"[bold red]demo failed:[/bold red] {err}")
         raise SystemExit(1) from None

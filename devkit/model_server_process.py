@@ -1,29 +1,23 @@
-"""Run the embedded server as a child process (tests, demo, benchmarks).
+"""The model server (`python -m model_server`) as a child process, for tests, the demo and
+the benchmarks.
 
-`ModelServerProcess(args)` starts `python -m model_server` with free ports unless the args
-name them, waits until every configured model reports a version AVAILABLE over gRPC, and
-stops the process (SIGTERM, then SIGKILL) on exit. Its log goes to a file whose tail is
-shown when startup fails.
+`ModelServerProcess(args)` picks free loopback ports unless the args name them, starts the
+server as a `devkit.processes.ChildProcess`, and is ready once every configured model
+reports a version AVAILABLE over gRPC. It stops with SIGTERM (the server drains and exits),
+then SIGKILL. Its log goes to a file whose tail is quoted when start-up fails.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from devkit.ports import HOST, free_port
+from devkit.processes import ChildProcess
 
-def free_port() -> int:
-    """A TCP port the OS just handed out on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _flag_value(args: Sequence[str], name: str) -> str | None:
@@ -36,7 +30,12 @@ def _flag_value(args: Sequence[str], name: str) -> str | None:
 
 
 class ModelServerProcess:
-    """The embedded model server in a subprocess; a context manager."""
+    """The model server in a child process; a context manager (start on enter, stop on exit).
+
+    `args` are the server's flags (those of `tensorflow_model_server`); `--port` and
+    `--rest_api_port` are added with free ports when missing (`--rest_api_port=0` turns
+    REST off). `env` is added to this process's environment.
+    """
 
     def __init__(self, args: Sequence[str], *, env: dict | None = None,
                  log_path: str | os.PathLike | None = None, python: str | None = None):
@@ -48,21 +47,26 @@ class ModelServerProcess:
         self.args = args
         self.grpc_port = int(_flag_value(args, "port"))
         self.rest_port = int(_flag_value(args, "rest_api_port")) or None
-        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
-        self.rest_url = f"http://127.0.0.1:{self.rest_port}" if self.rest_port else None
-        # make `-m model_server` importable from any working directory
-        root = str(Path(__file__).resolve().parents[1])
+        self.grpc_target = f"{HOST}:{self.grpc_port}"
+        self.rest_url = f"http://{HOST}:{self.rest_port}" if self.rest_port else None
+        # `-m model_server` must import from any working directory
         path = os.environ.get("PYTHONPATH", "")
-        self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
-                        PYTHONPATH=root + (os.pathsep + path if path else ""), **(env or {}))
-        self.python = python or sys.executable
-        if log_path is None:
-            handle, log_path = tempfile.mkstemp(prefix="model_server_", suffix=".log")
-            os.close(handle)
-        self.log_path = Path(log_path)
-        self.proc: subprocess.Popen | None = None
+        child_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
+                         PYTHONPATH=str(REPO_ROOT) + (os.pathsep + path if path else ""),
+                         **(env or {}))
+        self.process = ChildProcess([python or sys.executable, "-m", "model_server", *args],
+                                    name=f"model server on port {self.grpc_port}",
+                                    log_path=log_path, env=child_env)
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.process.log_tail(lines)
 
     def model_names(self) -> list[str]:
+        """The models the server was told to load (from its config file or --model_name)."""
         config_file = _flag_value(self.args, "model_config_file")
         if config_file:
             from model_server.config import read_models_config
@@ -72,68 +76,44 @@ class ModelServerProcess:
         return [_flag_value(self.args, "model_name") or "default"]
 
     def start(self, timeout: float = 120) -> ModelServerProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([self.python, "-m", "model_server", *self.args],
-                                     stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
-        log.close()
+        """Start the server; return once every model has a version AVAILABLE."""
+        import grpc
+
+        names = self.model_names()
+        pending = list(names)
+        channel = grpc.insecure_channel(self.grpc_target)
         try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+            self.process.start(ready=lambda: self._drop_available(channel, pending),
+                               waiting_for=lambda: f"models {pending} of {names} to be AVAILABLE",
+                               timeout=timeout)
+        finally:
+            channel.close()
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    @staticmethod
+    def _drop_available(channel, pending: list[str]) -> bool:
+        """Remove from `pending` the models that report a version AVAILABLE; True when none
+        is left."""
         import grpc
         from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-        deadline = time.monotonic() + timeout
-        names = self.model_names()
-        channel = grpc.insecure_channel(self.grpc_target)
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        try:
-            pending = list(names)
-            while pending:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"model server exited with code {self.proc.returncode} "
-                                       f"during startup:\n{self.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"model server not ready after {timeout:.0f} s (waiting "
-                                       f"for {pending}):\n{self.log_tail()}")
-                name = pending[0]
-                request = get_model_status_pb2.GetModelStatusRequest()
-                request.model_spec.name = name
-                try:
-                    response = stub.GetModelStatus(request, timeout=2)
-                    if any(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
-                           for s in response.model_version_status):
-                        pending.pop(0)
-                        continue
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        finally:
-            channel.close()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        for name in list(pending):
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = name
+            try:
+                response = stub.GetModelStatus(request, timeout=2)
+            except grpc.RpcError:
+                return False
+            if not any(s.state == available for s in response.model_version_status):
+                return False
+            pending.remove(name)
+        return True
 
     def stop(self, timeout: float = 10) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        """SIGTERM, up to `timeout` s to drain, then SIGKILL; returns the exit code."""
+        return self.process.stop(timeout)
 
     def __enter__(self) -> ModelServerProcess:
         return self.start()

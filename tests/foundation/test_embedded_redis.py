@@ -1,4 +1,4 @@
-"""uic/embedded_redis.py: a real redis-server started, reached and stopped; the CLI."""
+"""devkit/redis_server.py: a real redis-server started, reached and stopped; the CLI."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ import sys
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from devkit.redis_server import (
-    EmbeddedRedis,
-    EmbeddedRedisError,
-    find_redis_server,
-    free_port,
-)
+from devkit.ports import free_port
+from devkit.redis_server import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 from uic.store import open_redis
 
-NO_RETRY = Retry(NoBackoff(), 0)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def quick(url: str):
+    """A client that fails at once (no retries) when the server is down or refuses it."""
+    return open_redis(url, connect_timeout_s=0.5, retries=0)
 
 
 def test_find_redis_server_gives_an_executable():
@@ -36,14 +34,26 @@ def test_start_stop_with_password(tmp_path):
         assert server.url == f"redis://:s3cret@127.0.0.1:{server.port}/0"
         assert open_redis(server.url).ping()
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=server.port, password="wrong", retry=NO_RETRY).ping()
-        assert (tmp_path / "d" / "redis.log").is_file()
+            quick(f"redis://:wrong@127.0.0.1:{server.port}/0").ping()
+        assert "Ready to accept connections" in (tmp_path / "d" / "redis.log").read_text()
         pid = server.process.pid
     assert server.process is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the process is gone (reaped), not left behind
     with pytest.raises(redis.ConnectionError):
-        redis.Redis(port=server.port, socket_connect_timeout=0.5, retry=NO_RETRY).ping()
+        quick(f"redis://127.0.0.1:{server.port}/0").ping()
+
+
+def test_data_survives_a_restart_only_when_persisted_and_saved(tmp_path):
+    with EmbeddedRedis(data_dir=tmp_path, persist=True) as server:
+        server.client().set("kept", "1")
+        server.stop(save=True)
+        server.start()
+        assert server.client().get("kept") == b"1"
+        server.client().set("dropped", "1")  # the default stop is SHUTDOWN NOSAVE
+    with EmbeddedRedis(data_dir=tmp_path, persist=True) as server:
+        assert server.client().get("kept") == b"1"
+        assert server.client().get("dropped") is None
 
 
 def test_temporary_data_dir_is_removed():
@@ -61,8 +71,10 @@ def test_port_in_use_is_a_clear_error(redis_server):
 
 def test_bad_arguments_fail_at_start_with_the_log(tmp_path):
     server = EmbeddedRedis(data_dir=tmp_path, extra_args=["--no-such-option", "1"])
-    with pytest.raises(EmbeddedRedisError, match="exited with code"):
-        server.start(timeout=5)
+    with pytest.raises(EmbeddedRedisError, match=r"(?s)exited with code \d+ while waiting for "
+                       r"PING.*no-such-option"):
+        server.start(timeout=30)
+    assert server.process is None
 
 
 def test_missing_binary_and_bad_port():
@@ -84,7 +96,7 @@ def test_cli_start_status_stop(tmp_path):
     try:
         assert started.returncode == 0, started.stderr
         assert f"127.0.0.1:{port}" in started.stdout
-        assert redis.Redis(port=port, password="pw").ping()  # outlives the CLI process
+        assert quick(f"redis://:pw@127.0.0.1:{port}/0").ping()  # outlives the CLI process
         status = _cli("status", *common)
         assert status.returncode == 0 and "up on" in status.stdout
         wrong = _cli("status", "--port", str(port), "--password", "nope")

@@ -327,7 +327,7 @@ def test_missing_password_and_missing_permission(auth_server):
 
 
 def test_unreachable_server_is_a_clear_error():
-    from devkit.redis_server import free_port
+    from devkit.ports import free_port
 
     with pytest.raises(StoreError, match="cannot reach Redis .*make redis-start"):
         store_connect(f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=1)
