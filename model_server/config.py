@@ -18,7 +18,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from model_server.errors import ServingError, invalid
 from model_server.int_ranges import INT64_MAX
-from model_server.protos import BatchingParameters, MonitoringConfig
+from model_server.protos import BatchingParameters, MonitoringConfig, SSLConfig
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 ModelConfig = model_server_config_pb2.ModelConfig
@@ -74,6 +74,17 @@ def read_monitoring_config(path: str | os.PathLike):
     return _parse_text(path, MonitoringConfig(), "monitoring config")
 
 
+def read_ssl_config(path: str | os.PathLike):
+    """TF Serving's SSLConfig; a server key and certificate are required."""
+    ssl = _parse_text(path, SSLConfig(), "SSL config")
+    if not ssl.server_key or not ssl.server_cert:
+        raise ConfigError(f"{path}: server_key and server_cert must both be set (PEM text)")
+    if ssl.client_verify and not ssl.custom_ca:
+        raise ConfigError(f"{path}: client_verify needs custom_ca, the PEM of the CA that "
+                          f"signs client certificates")
+    return ssl
+
+
 def single_model_config(name: str, base_path: str) -> ModelServerConfig:
     """What `--model_name`/`--model_base_path` mean: a one-model list, latest version."""
     config = ModelServerConfig()
@@ -113,48 +124,75 @@ def resolve_base_paths(config: ModelServerConfig, base_dir: str | os.PathLike | 
     return out
 
 
-def validate_config(config: ModelServerConfig) -> None:
-    """TF Serving's ValidateModelConfigList checks plus the platform rules (INVALID_ARGUMENT)."""
+def validate_config(config: ModelServerConfig,
+                    previous: ModelServerConfig | None = None) -> None:
+    """TF Serving's ReloadConfig checks, in its order (all INVALID_ARGUMENT): the config
+    kind, unique names, absolute base paths, no model changing its platform from
+    `previous`, then the platforms themselves."""
     kind = config.WhichOneof("config")
     if kind is None:
         return
     if kind != "model_config_list":
         raise invalid("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
                       "ModelConfigList is currently supported")
+    entries = config.model_config_list.config
     names = set()
-    for entry in config.model_config_list.config:
+    for entry in entries:
         if not entry.name:
             raise invalid("Illegal to have a model with an empty name in the config list")
         if entry.name in names:
             raise invalid(f"Illegal to list model {entry.name} multiple times in config list")
         names.add(entry.name)
+    for entry in entries:
         path = entry.base_path
         if not (os.path.isabs(path) or is_uri(path)):
-            raise invalid(
-                f"Expected model {entry.name} to have an absolute path or URI; got "
-                f"base_path()={path}. (This server resolves relative paths against the config "
-                f"file's directory or --model_base_path_prefix.)")
+            raise invalid(f"Expected model {entry.name} to have an absolute path or URI; got "
+                          f"base_path()={path}")
         if is_uri(path) and not path.startswith("file://"):
             raise invalid(f"Model {entry.name}: base_path {path} uses a file system this server "
                           f"cannot read; only local paths and file:// are supported")
+    if previous is not None and previous.WhichOneof("config") == "model_config_list":
+        old = {e.name: model_platform(e) for e in previous.model_config_list.config}
+        for entry in entries:
+            if entry.name in old and model_platform(entry) != old[entry.name]:
+                raise invalid(f"Illegal to change a model's platform. For model {entry.name} "
+                              f"platform was {old[entry.name]} and new platform requested is "
+                              f"{model_platform(entry)}")
+    for entry in entries:
         platform = model_platform(entry)
         if platform != "tensorflow":
             raise invalid(f"Model {entry.name} requests unsupported platform {platform}")
 
 
+def check_under_prefix(config: ModelServerConfig, prefix: str) -> None:
+    """PERMISSION_DENIED unless every (local, already validated) base path lies under the
+    local directory `prefix`, symlinks resolved."""
+    if config.WhichOneof("config") != "model_config_list":
+        return
+    root = None if is_uri(prefix) and not prefix.startswith("file://") else \
+        os.path.realpath(local_path(prefix))
+    for entry in config.model_config_list.config:
+        real = os.path.realpath(local_path(entry.base_path))
+        if root is None or os.path.commonpath([real, root]) != root:
+            raise ServingError("PERMISSION_DENIED",
+                               f"Model {entry.name}: base_path {entry.base_path} is not under "
+                               f"--model_base_path_prefix={prefix}; reloads may only load "
+                               f"models from there")
+
+
 def model_platform(entry: ModelConfig) -> str:
-    if entry.model_type and entry.model_platform:
-        raise invalid("Illegal setting both ModelServerConfig::model_type (deprecated) and "
-                      "ModelServerConfig::model_platform.")
-    if entry.model_type == model_server_config_pb2.TENSORFLOW:
-        return "tensorflow"
+    """TF Serving's GetPlatform: model_platform, or the deprecated model_type."""
     if entry.model_type:
-        return model_server_config_pb2.ModelType.Name(entry.model_type).lower()
+        if entry.model_platform:
+            raise invalid("Illegal setting both ModelServerConfig::model_type (deprecated) and "
+                          f"ModelServerConfig::model_platform, model name is {entry.name}")
+        if entry.model_type == model_server_config_pb2.TENSORFLOW:
+            return "tensorflow"
+        raise invalid(f"ModelServerConfig::model_type choice {entry.model_type} not "
+                      f"supported.")
     if not entry.model_platform:
-        raise invalid(
-            f"Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
-            f"ModelServerConfig::model_platform. (model {entry.name}: add "
-            f'model_platform: "tensorflow")')
+        raise invalid("Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                      f"ModelServerConfig::model_platform, model name is {entry.name}")
     return entry.model_platform
 
 
@@ -262,7 +300,8 @@ def set_policy(entry: ModelConfig, policy) -> None:
 __all__ = [
     "ConfigError", "ModelServerConfig", "ModelConfig", "ServingError", "read_models_config",
     "read_models_config_resolved",
-    "read_batching_parameters", "read_monitoring_config", "single_model_config",
+    "read_batching_parameters", "read_monitoring_config", "read_ssl_config",
+    "single_model_config",
     "resolve_base_paths", "validate_config", "list_versions", "aspired_versions",
     "write_models_config", "build_models_config", "DEFAULT_PROMETHEUS_PATH",
 ]

@@ -3,12 +3,15 @@
 Writes a container-ready copy of serving_configs/ (base paths rewritten to the mount
 path of saved_models/ inside the container), a `docker run` script and a Kubernetes
 Deployment + Service + ConfigMap for the `tensorflow/serving` image, using the same flags
-`make serve` uses, and prints the docker command.
+`make serve` uses, and prints the docker command. Docker publishes the ports on 127.0.0.1
+unless `--publish_address` says otherwise; the Kubernetes pod is ready only when every
+configured model reports a version AVAILABLE.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -51,15 +54,27 @@ def server_args(batching: bool, monitoring: bool, poll_seconds: int) -> list[str
 
 
 def docker_command(image: str, saved_models: Path, out: Path, models_mount: str,
-                   args: list[str], name: str) -> list[str]:
-    return ["docker", "run", "--rm", "--name", name, "-p", "8500:8500", "-p", "8501:8501",
+                   args: list[str], name: str, publish_address: str = "127.0.0.1"
+                   ) -> list[str]:
+    ports = [f"{publish_address}:{port}:{port}" if publish_address else f"{port}:{port}"
+             for port in (8500, 8501)]
+    return ["docker", "run", "--rm", "--name", name, "-p", ports[0], "-p", ports[1],
             "-v", f"{saved_models.resolve()}:{models_mount}:ro",
             "-v", f"{out.resolve()}:{CONFIG_MOUNT}:ro", image, *args]
 
 
+def readiness_script(models: list[str], port: int = 8501) -> str:
+    """A bash check (the serving image has bash and grep, no curl) that every model has a
+    version AVAILABLE, over REST status: GET /v1/models/<name>."""
+    checks = " && ".join(
+        f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /v1/models/{m} HTTP/1.0\\r\\n\\r\\n' >&3"
+        f" && grep -q '\"AVAILABLE\"' <&3" for m in models)
+    return checks or "true"
+
+
 def kubernetes_yaml(image: str, args: list[str], files: dict[str, str], name: str,
                     models_mount: str, models_claim: str, replicas: int,
-                    probe_model: str) -> str:
+                    models: list[str]) -> str:
     def block(text: str, indent: int) -> str:
         pad = " " * indent
         return "\n".join(pad + line if line else line for line in text.splitlines())
@@ -99,8 +114,9 @@ spec:
           ports:
             - {{name: grpc, containerPort: 8500}}
             - {{name: http, containerPort: 8501}}
-          readinessProbe:
-            httpGet: {{path: /v1/models/{probe_model}, port: 8501}}
+          readinessProbe:  # every model has a version AVAILABLE
+            exec:
+              command: ["bash", "-c", {json.dumps(readiness_script(models))}]
             periodSeconds: 5
           livenessProbe:
             tcpSocket: {{port: 8500}}
@@ -150,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
                              "signatures only)")
     parser.add_argument("--config_poll_seconds", type=int, default=60,
                         help="--model_config_file_poll_wait_seconds in the container")
+    parser.add_argument("--publish_address", default="127.0.0.1",
+                        help="host address docker publishes 8500/8501 on; 0.0.0.0 (or '') "
+                             "for every interface (default %(default)s)")
     parser.add_argument("--name", default="uic-serving", help="container / Deployment name")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--models_claim", default="uic-saved-models",
@@ -179,15 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     for key, text in files.items():
         (out / key).write_text(text)
     args = server_args(opts.enable_batching, monitoring, opts.config_poll_seconds)
-    command = docker_command(opts.image, saved_models, out, opts.models_mount, args, opts.name)
+    command = docker_command(opts.image, saved_models, out, opts.models_mount, args, opts.name,
+                             opts.publish_address)
     script = out / "docker-run.sh"
     script.write_text("#!/bin/sh\n# Real TF Serving with the project's configs.\nexec "
                       + shlex.join(command) + "\n")
     script.chmod(0o755)
-    first = config.model_config_list.config[0].name if config.model_config_list.config else "x"
+    models = [entry.name for entry in config.model_config_list.config]
     (out / "k8s.yaml").write_text(kubernetes_yaml(opts.image, args, files, opts.name,
                                                   opts.models_mount, opts.models_claim,
-                                                  opts.replicas, first))
+                                                  opts.replicas, models))
     print(f"# wrote {', '.join(sorted(files))}, docker-run.sh and k8s.yaml to {out}/")
     print(f"# docker (models from {saved_models.resolve()} mounted at {opts.models_mount}):")
     print(shlex.join(command))

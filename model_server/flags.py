@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from model_server.limits import DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_TENSOR_BYTES, MIB
+
 _CPUS = os.cpu_count() or 1
 
 # (name, type, default, help)
@@ -20,7 +22,8 @@ FLAGS = (
     ("port", int, 8500, "gRPC TCP port; 0 disables TCP (then --grpc_socket_path is required)"),
     ("grpc_socket_path", str, "", "also serve gRPC on this UNIX socket"),
     ("rest_api_port", int, 0, "HTTP/REST port; 0 disables REST; must differ from --port"),
-    ("rest_api_num_threads", int, 4 * _CPUS, "accepted; REST uses one thread per connection"),
+    ("rest_api_num_threads", int, 4 * _CPUS, "REST worker threads (requests run on these; "
+     "waiting clients cost a socket, not a thread)"),
     ("rest_api_timeout_in_ms", int, 30000, "timeout of every REST inference (504 after it); "
      "<=0 means none"),
     ("rest_api_enable_cors_support", bool, False, "add CORS headers to /v1 responses"),
@@ -50,8 +53,9 @@ FLAGS = (
     ("tensorflow_inter_op_parallelism", int, 0, "TF inter-op threads (0: TF default)"),
     ("tensorflow_session_config_file", str, "", "accepted and ignored"),
     ("platform_config_file", str, "", "accepted and ignored (only the tensorflow platform)"),
-    ("ssl_config_file", str, "", "not supported: the server refuses to start with it"),
-    ("use_alts_credentials", bool, False, "not supported"),
+    ("ssl_config_file", str, "", "text-format SSLConfig (server_key, server_cert, custom_ca, "
+     "client_verify): serve gRPC over TLS, mutual TLS with client_verify"),
+    ("use_alts_credentials", bool, False, "not supported: the server refuses to start with it"),
     ("per_process_gpu_memory_fraction", float, 0, "accepted and ignored (CPU only)"),
     ("grpc_channel_arguments", str, "", "comma-separated k=v gRPC server arguments"),
     ("grpc_max_threads", int, 4 * _CPUS, "gRPC worker threads"),
@@ -70,9 +74,25 @@ FLAGS = (
     ("bind_address", str, "127.0.0.1", "[embedded server only] address to listen on "
      "(TF Serving listens on all interfaces; use 0.0.0.0 for that)"),
     ("model_base_path_prefix", str, "", "[embedded server only] directory (or URI) that "
-     "relative base_path entries are resolved against; default: the config file's directory"),
-    ("rest_api_max_body_bytes", int, 256 * 1024 * 1024,
-     "[embedded server only] larger REST bodies get 413"),
+     "relative base_path entries are resolved against; default: the config file's directory. "
+     "With --enable_model_config_reload, reloads may only name base paths under it"),
+    ("enable_model_config_reload", bool, False, "[embedded server only] serve gRPC "
+     "HandleReloadConfigRequest (off: PERMISSION_DENIED); needs --model_base_path_prefix"),
+    ("rest_api_max_body_bytes", int, 64 * MIB,
+     "[embedded server only] larger REST bodies (after gzip decompression) get 413"),
+    ("rest_api_max_connections", int, 512, "[embedded server only] open REST connections "
+     "beyond this are closed at once"),
+    ("rest_api_header_timeout_in_ms", int, 10000, "[embedded server only] time a client has "
+     "to send a request line and headers (also the keep-alive idle time)"),
+    ("rest_api_body_timeout_in_ms", int, 30000, "[embedded server only] time a client has "
+     "to send a request body"),
+    ("max_request_tensor_bytes", int, DEFAULT_MAX_TENSOR_BYTES, "[embedded server only] "
+     "decoded bytes of all input tensors of one request; checked before decoding"),
+    ("max_request_candidates", int, DEFAULT_MAX_CANDIDATES, "[embedded server only] entries "
+     "in any dimension a signature leaves free (candidates, rows), and tf.Examples per request"),
+    ("grpc_max_receive_message_bytes", int, 64 * MIB, "[embedded server only] largest gRPC "
+     "request (TF Serving: INT32_MAX; a grpc.max_receive_message_length channel argument "
+     "overrides it)"),
     ("log_level", str, "INFO", "[embedded server only] Python logging level"),
 )
 

@@ -63,6 +63,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.manager = manager
         self.metrics = metrics
         self.tensor_content = options.tensor_content
+        self.limits = options.limits
 
     def _call(self, api: str, request, context, run):
         """Resolve the model, `run(loaded, request, timeout)`, and count the request."""
@@ -85,18 +86,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     self.metrics.runtime(name, api, micros)
 
     def Predict(self, request, context):
-        return self._call("Predict", request, context,
-                          lambda m, r, t: inference.predict(m, r, self.tensor_content, t))
+        return self._call("Predict", request, context, lambda m, r, t: inference.predict(
+            m, r, self.tensor_content, t, self.limits))
 
     def Classify(self, request, context):
-        return self._call("Classify", request, context, inference.classify)
+        return self._call("Classify", request, context,
+                          lambda m, r, t: inference.classify(m, r, t, self.limits))
 
     def Regress(self, request, context):
-        return self._call("Regress", request, context, inference.regress)
+        return self._call("Regress", request, context,
+                          lambda m, r, t: inference.regress(m, r, t, self.limits))
 
     def MultiInference(self, request, context):
         return _answer(context, "MultiInference", inference.multi_inference,
-                       self.manager.resolve_spec, request, _timeout(context))
+                       self.manager.resolve_spec, request, _timeout(context), self.limits)
 
     def GetModelMetadata(self, request, context):
         return _answer(context, "GetModelMetadata", self._metadata, request)

@@ -17,8 +17,9 @@ from tensorflow_serving.apis import (
 )
 
 from model_server.errors import ServingError, invalid
+from model_server.limits import DEFAULT_LIMITS, RequestLimits
 from model_server.servable import DEFAULT_SIGNATURE, LoadedModel, Signature
-from model_server.tensors import dtype_name, fill_proto, to_numpy
+from model_server.tensors import decoded_bytes, dtype_name, fill_proto, proto_shape, to_numpy
 
 
 def _set_names(names) -> str:
@@ -60,9 +61,12 @@ def check_output_filter(sig: Signature, output_filter) -> tuple[str, ...] | None
     return tuple(output_filter)
 
 
-def decode_inputs(sig: Signature, tensors) -> dict[str, np.ndarray]:
-    """TensorProtos -> numpy, with TF Serving's dtype rule (no casts) and a shape check."""
+def decode_inputs(sig: Signature, tensors, limits: RequestLimits = DEFAULT_LIMITS
+                  ) -> dict[str, np.ndarray]:
+    """TensorProtos -> numpy, with TF Serving's dtype rule (no casts); each declared shape
+    is checked against the signature and the request limits before it is allocated."""
     check_input_names(sig, tensors.keys())
+    budget = limits.budget()
     inputs = {}
     for alias in sig.input_names:
         proto = tensors[alias]
@@ -72,9 +76,11 @@ def decode_inputs(sig: Signature, tensors) -> dict[str, np.ndarray]:
                 f"Expects arg[{sig.input_index[alias]}] to be {dtype_name(expected)} but "
                 f"{dtype_name(proto.dtype)} is provided"
             )
-        array = to_numpy(proto)
-        sig.check_shape(alias, array.shape)
-        inputs[alias] = array
+        shape = proto_shape(proto)
+        itemsize, extra = decoded_bytes(proto)
+        budget.admit(sig, alias, shape, itemsize, extra)
+        inputs[alias] = to_numpy(proto, shape)
+        sig.check_shape(alias, shape)
     return inputs
 
 
@@ -87,10 +93,11 @@ def echo_spec(spec, request_spec, version: int, signature_name: str | None) -> N
 
 
 def predict(loaded: LoadedModel, request: predict_pb2.PredictRequest,
-            as_content: bool = False, timeout: float | None = None) -> predict_pb2.PredictResponse:
+            as_content: bool = False, timeout: float | None = None,
+            limits: RequestLimits = DEFAULT_LIMITS) -> predict_pb2.PredictResponse:
     sig = loaded.signature(request.model_spec.signature_name, grpc=True)
     output_filter = check_output_filter(sig, request.output_filter)
-    inputs = decode_inputs(sig, request.inputs)
+    inputs = decode_inputs(sig, request.inputs, limits)
     outputs = sig.run(inputs, output_filter, timeout)
     response = predict_pb2.PredictResponse()
     echo_spec(response.model_spec, request.model_spec, loaded.version, sig.name)
@@ -101,39 +108,58 @@ def predict(loaded: LoadedModel, request: predict_pb2.PredictRequest,
 
 # ---------------------------------------------------------------- classify / regress
 
-def serialized_examples(input_proto) -> np.ndarray:
-    """tensorflow.serving.Input -> 1-D object array of serialized tf.Examples."""
+def serialized_examples(input_proto, limits: RequestLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """tensorflow.serving.Input -> 1-D object array of serialized tf.Examples (at most
+    `limits.max_candidates` of them, within the request's byte limit)."""
     kind = input_proto.WhichOneof("kind")
     if kind == "example_list":
-        examples = input_proto.example_list.examples
-        data = [ex.SerializeToString() for ex in examples]
+        examples, ctx = input_proto.example_list.examples, b""
     elif kind == "example_list_with_context":
+        examples = input_proto.example_list_with_context.examples
         ctx = input_proto.example_list_with_context.context.SerializeToString()
-        data = [ctx + ex.SerializeToString()
-                for ex in input_proto.example_list_with_context.examples]
     else:
         raise invalid("Input is empty.")
-    if not data:
+    if not examples:
         raise invalid("Input is empty.")
+    # the context is copied into every example: count it before building anything
+    limits.budget().admit_examples(
+        len(examples), len(examples) * len(ctx) + sum(ex.ByteSize() for ex in examples))
+    data = [ctx + ex.SerializeToString() for ex in examples]
     out = np.empty(len(data), dtype=object)
     out[:] = data
     return out
 
 
+# method -> (input alias, output aliases of which one must exist, output-count check)
+_EXAMPLE_SHAPES = {
+    "classify": ("classification", ("classes", "scores"), (1, 2)),
+    "regress": ("regression", ("outputs",), (1,)),
+}
+
+
 def _example_signature(loaded: LoadedModel, name: str, method: str) -> Signature:
+    """The signature, checked as TF Serving's PreProcessClassification/Regression do (with
+    --enable_signature_method_name_check off, its default): structure, not method_name."""
     sig = loaded.signatures.get(name or DEFAULT_SIGNATURE)
     if sig is None:
         raise invalid(f"No signature was found with the name: {name or DEFAULT_SIGNATURE}")
+    kind, output_aliases, output_counts = _EXAMPLE_SHAPES[method]
     if len(sig.inputs) != 1:
         raise invalid("Expected one input Tensor.")
-    if sig.method_name not in ("tensorflow/serving/predict", f"tensorflow/serving/{method}"):
-        raise invalid(
-            f"Expected {method} signature method_name to be tensorflow/serving/{method}. "
-            f"Was: {sig.method_name}")
-    if sig.inputs[sig.input_names[0]] != types_pb2.DT_STRING:
+    if len(sig.outputs) not in output_counts:
+        raise invalid("Expected one output Tensor." if method == "regress" else
+                      f"Expected one or two output Tensors, found {len(sig.outputs)}")
+    if "inputs" not in sig.inputs:
+        raise invalid(f"No {kind} inputs found in SignatureDef: {sig.sig_def}")
+    if not any(alias in sig.outputs for alias in output_aliases):
+        raise invalid(f"No regression outputs found in SignatureDef: {sig.sig_def}"
+                      if method == "regress" else
+                      'Expected classification signature outputs to contain at least one of '
+                      f'"classes" or "scores". Signature was: {sig.sig_def}')
+    if sig.inputs["inputs"] != types_pb2.DT_STRING:
         raise invalid(f"{method.capitalize()} input must be a string tensor of serialized "
                       f"tf.Examples; signature {sig.name} takes "
-                      f"{dtype_name(sig.inputs[sig.input_names[0]])}")
+                      f"{dtype_name(sig.inputs['inputs'])}")
     return sig
 
 
@@ -142,24 +168,21 @@ def _run_examples(sig: Signature, examples: np.ndarray, timeout) -> dict:
 
 
 def regress_result(sig: Signature, examples: np.ndarray, result, timeout=None) -> None:
-    if "outputs" not in sig.outputs or len(sig.outputs) != 1:
-        raise invalid(f"No regression outputs found in SignatureDef: expected exactly one "
-                      f"output with alias 'outputs', got {list(sig.output_names)}")
     values = _run_examples(sig, examples, timeout)["outputs"]
     n = len(examples)
-    if values.dtype != np.float32:
-        raise invalid(f"Expected output Tensor of DT_FLOAT. Got: {values.dtype}")
-    if not (values.shape == (n,) or values.shape == (n, 1)):
+    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
         raise invalid(f"Expected output Tensor shape to be either [batch_size] or "
                       f"[batch_size, 1] but got {list(values.shape)}")
+    if values.shape[0] != n:
+        raise invalid(f"Input batch size did not match output batch size: {n} vs. "
+                      f"{values.shape[0]}")
+    if values.dtype != np.float32:
+        raise invalid(f"Expected output Tensor of DT_FLOAT.  Got: {values.dtype}")
     for v in values.reshape(n).tolist():
         result.regressions.add().value = v
 
 
 def classify_result(sig: Signature, examples: np.ndarray, result, timeout=None) -> None:
-    if "classes" not in sig.outputs and "scores" not in sig.outputs:
-        raise invalid(f"Expected classification signature outputs to contain at least one of "
-                      f"'classes' or 'scores', got {list(sig.output_names)}")
     outputs = _run_examples(sig, examples, timeout)
     n = len(examples)
     classes = outputs.get("classes")
@@ -188,27 +211,29 @@ _EXAMPLE_METHODS = {
 }
 
 
-def _run_examples_request(method: str, loaded, request, timeout):
+def _run_examples_request(method: str, loaded, request, timeout, limits):
     response_type, write_result, _field = _EXAMPLE_METHODS[method]
     sig = _example_signature(loaded, request.model_spec.signature_name, method)
-    examples = serialized_examples(request.input)
+    examples = serialized_examples(request.input, limits)
     response = response_type()
     echo_spec(response.model_spec, request.model_spec, loaded.version, sig.name)
     write_result(sig, examples, response.result, timeout)
     return response
 
 
-def regress(loaded, request: regression_pb2.RegressionRequest, timeout=None
-            ) -> regression_pb2.RegressionResponse:
-    return _run_examples_request("regress", loaded, request, timeout)
+def regress(loaded, request: regression_pb2.RegressionRequest, timeout=None,
+            limits: RequestLimits = DEFAULT_LIMITS) -> regression_pb2.RegressionResponse:
+    return _run_examples_request("regress", loaded, request, timeout, limits)
 
 
-def classify(loaded, request: classification_pb2.ClassificationRequest, timeout=None
+def classify(loaded, request: classification_pb2.ClassificationRequest, timeout=None,
+             limits: RequestLimits = DEFAULT_LIMITS
              ) -> classification_pb2.ClassificationResponse:
-    return _run_examples_request("classify", loaded, request, timeout)
+    return _run_examples_request("classify", loaded, request, timeout, limits)
 
 
-def multi_inference(resolve, request: inference_pb2.MultiInferenceRequest, timeout=None):
+def multi_inference(resolve, request: inference_pb2.MultiInferenceRequest, timeout=None,
+                    limits: RequestLimits = DEFAULT_LIMITS):
     """All tasks must name the same model; each runs classify or regress on the input."""
     if not request.tasks:
         raise invalid("MultiInferenceRequest must contain at least one task")
@@ -225,7 +250,7 @@ def multi_inference(resolve, request: inference_pb2.MultiInferenceRequest, timeo
         if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
             raise invalid(f"Unsupported signature method_name: {task.method_name}")
     loaded = resolve(first)
-    examples = serialized_examples(request.input)
+    examples = serialized_examples(request.input, limits)
     response = inference_pb2.MultiInferenceResponse()
     for task in request.tasks:
         method = task.method_name.rsplit("/", 1)[1]

@@ -2,9 +2,14 @@
 
 Both get the same flags and the same serving_configs/. For the real binary, relative
 base paths in models.config are rewritten to absolute ones in a temporary copy (TF Serving
-rejects relative paths). Defaults match the tensorflow/serving Docker image (gRPC 8500,
+rejects relative paths), and the embedded server's own flags are left out (TF Serving would
+report them as unknown). Defaults match the tensorflow/serving Docker image (gRPC 8500,
 REST 8501). A batching file without --enable_batching is dropped with a note, because TF
 Serving refuses to start with that combination and batching is off by default.
+
+`tensorflow_model_server` has no flag for the listen address: it always listens on every
+interface. So the real binary runs only with `--bind_address=0.0.0.0` (saying that is
+wanted); with the default loopback address `launch` stops and says what to do.
 """
 
 from __future__ import annotations
@@ -17,6 +22,15 @@ import tempfile
 from pathlib import Path
 
 BINARY = "tensorflow_model_server"
+ALL_INTERFACES = ("0.0.0.0", "::", "[::]")
+
+
+def embedded_only_flags() -> list[str]:
+    """The flags model_server adds to TF Serving's (their help says so)."""
+    from model_server.flags import FLAGS
+
+    return [name for name, _kind, _default, text in FLAGS
+            if text.startswith("[embedded server only]")]
 
 
 def _value(args: list[str], name: str) -> str | None:
@@ -91,8 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         _warn_missing_versions(config_file, prefix)
     binary = shutil.which(BINARY)
     if binary and not ours.embedded:
-        args = _drop(args, "model_base_path_prefix")
-        args = _drop(args, "bind_address")
+        bind = _value(args, "bind_address") or "127.0.0.1"
+        if bind not in ALL_INTERFACES:
+            print(f"launch: {binary} cannot listen on {bind} only: it has no bind-address "
+                  f"flag and listens on every interface. Pass --bind_address=0.0.0.0 to run "
+                  f"it that way (then firewall ports 8500/8501), or --embedded to run the "
+                  f"embedded server on {bind}.", file=sys.stderr)
+            return 2
+        for name in embedded_only_flags():
+            args = _drop(args, name)
         if config_file:
             args = _drop(args, "model_config_file")
             args.append(f"--model_config_file={absolute_config(config_file, prefix)}")

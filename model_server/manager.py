@@ -121,18 +121,11 @@ class ModelManager:
     def apply_config(self, config, *, initial: bool = False, wait_timeout: float | None = None
                      ) -> None:
         """Replace the model list (TF Serving's ReloadConfig); blocks until new models serve."""
-        cfg.validate_config(config)
-        if config.WhichOneof("config") is None:
-            return
         with self._lock:
+            cfg.validate_config(config, self.config)
+            if config.WhichOneof("config") is None:
+                return
             entries = {e.name: e for e in config.model_config_list.config}
-            for name, entry in entries.items():
-                old = self.states.get(name)
-                if old is not None and name in self.configured and \
-                        cfg.model_platform(old.entry) != cfg.model_platform(entry):
-                    raise invalid(f"Illegal to change a model's platform. For model {name} "
-                                  f"platform was {cfg.model_platform(old.entry)} and new "
-                                  f"platform requested is {cfg.model_platform(entry)}")
             if not initial:
                 self._check_labels(entries)
             self.config = cfg.ModelServerConfig()
@@ -313,7 +306,9 @@ class ModelManager:
                 return
             micros = (time.monotonic() - started) * 1e6
             if self.metrics is not None:
-                self.metrics.load(str(path), True, micros)
+                # load_latency is the SavedModel load itself (TF's loader), not the warm-up
+                self.metrics.load(str(path), True, sum(loaded.stage_micros.values()),
+                                  loaded.stage_micros)
             status.loaded = loaded
             status.error_code, status.error_message = "OK", ""
             status.state = AVAILABLE

@@ -38,6 +38,9 @@ class ServerMetrics:
         self.load_latency = Counter(
             ":tensorflow:cc:saved_model:load_latency", "load latency (us)", ["model_path"],
             registry=reg)
+        self.load_latency_by_stage = Histogram(
+            ":tensorflow:cc:saved_model:load_latency_by_stage", "load latency per stage (us)",
+            ["model_path", "stage"], buckets=LATENCY_BUCKETS_US, registry=reg)
         self.warmup_latency = Histogram(
             _PREFIX + "model_warmup_latency", "warm-up latency (us)", ["model_path", "status"],
             buckets=LATENCY_BUCKETS_US, registry=reg)
@@ -74,10 +77,14 @@ class ServerMetrics:
         self._child(self.runtime_latency, (model, api, "TF1")).observe(micros)
 
     # --- lifecycle -------------------------------------------------------------------
-    def load(self, model_path: str, ok: bool, micros: float) -> None:
+    def load(self, model_path: str, ok: bool, micros: float,
+             stage_micros: dict[str, float] | None = None) -> None:
+        """One SavedModel load: attempts, and on success its latency, total and per stage."""
         self._child(self.load_attempt_count, (model_path, "success" if ok else "fail")).inc()
         if ok:
             self._child(self.load_latency, (model_path,)).inc(micros)
+            for stage, stage_us in (stage_micros or {}).items():
+                self._child(self.load_latency_by_stage, (model_path, stage)).observe(stage_us)
 
     def warmup(self, model_path: str, status: str, records: int, micros: float) -> None:
         self._child(self.warmup_latency, (model_path, status)).observe(micros)

@@ -14,6 +14,7 @@ import dataclasses
 
 from model_server.errors import StartupError
 from model_server.int_ranges import INT32_MAX, INT32_MIN
+from model_server.limits import MIB, RequestLimits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,9 @@ class GrpcOptions:
     channel_arguments: tuple[tuple[str, object], ...] = ()
     health_service: bool = False       # serve grpc.health.v1
     tensor_content: bool = False       # answer with tensor_content, not typed value fields
+    max_receive_bytes: int = 64 * MIB
+    ssl_config_file: str = ""          # TLS (mutual with client_verify) when set
+    limits: RequestLimits = RequestLimits()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +41,12 @@ class RestOptions:
     bind_address: str = "127.0.0.1"
     timeout_s: float | None = 30.0     # None: no deadline
     cors: bool = False
-    max_body_bytes: int = 256 * 1024 * 1024
+    max_body_bytes: int = 64 * MIB     # after gzip decompression
+    num_threads: int = 4               # workers running requests
+    max_connections: int = 512         # open sockets; more are closed at once
+    header_timeout_s: float = 10.0     # request line + headers, and keep-alive idle time
+    body_timeout_s: float = 30.0       # the whole body
+    limits: RequestLimits = RequestLimits()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +74,7 @@ class ServerOptions:
     model_base_path: str = ""
     model_base_path_prefix: str = ""
     config_poll_seconds: float = 0     # >0: re-read model_config_file every N s
+    enable_model_config_reload: bool = False  # gRPC HandleReloadConfigRequest, under prefix
     monitoring_config_file: str = ""
     enable_batching: bool = False
     batching_parameters_file: str = ""
@@ -75,6 +85,8 @@ class ServerOptions:
     def from_flags(cls, flags: argparse.Namespace) -> ServerOptions:
         """The options of `flags` (see model_server.flags); StartupError if they conflict."""
         _check(flags)
+        limits = RequestLimits(max_tensor_bytes=flags.max_request_tensor_bytes,
+                               max_candidates=flags.max_request_candidates)
         return cls(
             grpc=GrpcOptions(
                 port=flags.port,
@@ -83,14 +95,22 @@ class ServerOptions:
                 max_threads=max(flags.grpc_max_threads, 1),
                 channel_arguments=channel_arguments(flags.grpc_channel_arguments),
                 health_service=flags.enable_grpc_healthcheck_service,
-                tensor_content=flags.enable_serialization_as_tensor_content),
+                tensor_content=flags.enable_serialization_as_tensor_content,
+                max_receive_bytes=flags.grpc_max_receive_message_bytes,
+                ssl_config_file=flags.ssl_config_file,
+                limits=limits),
             rest=RestOptions(
                 port=flags.rest_api_port,
                 bind_address=flags.bind_address,
                 timeout_s=(flags.rest_api_timeout_in_ms / 1000
                            if flags.rest_api_timeout_in_ms > 0 else None),
                 cors=flags.rest_api_enable_cors_support,
-                max_body_bytes=flags.rest_api_max_body_bytes),
+                max_body_bytes=flags.rest_api_max_body_bytes,
+                num_threads=flags.rest_api_num_threads,
+                max_connections=flags.rest_api_max_connections,
+                header_timeout_s=flags.rest_api_header_timeout_in_ms / 1000,
+                body_timeout_s=flags.rest_api_body_timeout_in_ms / 1000,
+                limits=limits),
             manager=ManagerOptions(
                 file_system_poll_wait_seconds=flags.file_system_poll_wait_seconds,
                 enable_model_warmup=flags.enable_model_warmup,
@@ -107,6 +127,7 @@ class ServerOptions:
             model_base_path=flags.model_base_path,
             model_base_path_prefix=flags.model_base_path_prefix,
             config_poll_seconds=flags.model_config_file_poll_wait_seconds,
+            enable_model_config_reload=flags.enable_model_config_reload,
             monitoring_config_file=flags.monitoring_config_file,
             enable_batching=flags.enable_batching,
             batching_parameters_file=flags.batching_parameters_file,
@@ -123,9 +144,22 @@ def _check(f: argparse.Namespace) -> None:
     if f.batching_parameters_file and not f.enable_batching:
         raise StartupError("--batching_parameters_file was given but batching is off: add "
                            "--enable_batching (or drop the file)")
-    if f.ssl_config_file or f.use_alts_credentials:
-        raise StartupError("--ssl_config_file/--use_alts_credentials are not supported by "
-                           "the embedded server; terminate TLS in front of it")
+    if f.use_alts_credentials and f.ssl_config_file:
+        raise StartupError("Either use_alts_credentials must be false or ssl_config_file "
+                           "must be empty.")
+    if f.use_alts_credentials:
+        raise StartupError("--use_alts_credentials is not supported by the embedded server; "
+                           "use --ssl_config_file for TLS")
+    if f.enable_model_config_reload and not f.model_base_path_prefix:
+        raise StartupError("--enable_model_config_reload needs --model_base_path_prefix: "
+                           "reloads may only load models from under that directory")
+    positive = ("rest_api_num_threads", "rest_api_max_connections", "rest_api_max_body_bytes",
+                "rest_api_header_timeout_in_ms", "rest_api_body_timeout_in_ms",
+                "max_request_tensor_bytes", "max_request_candidates",
+                "grpc_max_receive_message_bytes")
+    for name in positive:
+        if getattr(f, name) <= 0:
+            raise StartupError(f"--{name} must be > 0, got {getattr(f, name)}")
     if (f.tensorflow_session_parallelism and f.tensorflow_intra_op_parallelism
             and f.tensorflow_inter_op_parallelism):
         raise StartupError("Either use tensorflow_session_parallelism or "

@@ -1,7 +1,8 @@
 """Config messages that tensorflow-serving-api does not ship, built at import time.
 
-`BatchingParameters` (servables/tensorflow/session_bundle_config.proto) and
-`MonitoringConfig` (config/monitoring_config.proto) are not in the pip package, and
+`BatchingParameters` (servables/tensorflow/session_bundle_config.proto),
+`MonitoringConfig` (config/monitoring_config.proto) and `SSLConfig`
+(config/ssl_config.proto) are not in the pip package, and
 grpcio-tools cannot be installed next to this protobuf. So the descriptors are declared here
 with descriptor_pb2, with TF Serving's package, names and field numbers, and turned into
 message classes by message_factory. text_format then parses the very files the real
@@ -41,6 +42,13 @@ _MONITORING_MESSAGES = (
     )),
 )
 
+_SSL_FIELDS = (
+    ("server_key", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, None),
+    ("server_cert", 2, _F.TYPE_STRING, _F.LABEL_OPTIONAL, None),
+    ("custom_ca", 3, _F.TYPE_STRING, _F.LABEL_OPTIONAL, None),
+    ("client_verify", 4, _F.TYPE_BOOL, _F.LABEL_OPTIONAL, None),
+)
+
 
 def _add_message(file_proto, name, fields):
     msg = file_proto.message_type.add(name=name)
@@ -73,12 +81,19 @@ def _build():
         _add_message(monitoring, name, fields)
     pool.Add(monitoring)
 
+    ssl = descriptor_pb2.FileDescriptorProto(
+        name="uic_model_server/ssl_config.proto", package="tensorflow.serving",
+        syntax="proto3")
+    _add_message(ssl, "SSLConfig", _SSL_FIELDS)
+    pool.Add(ssl)
+
     def cls(full_name):
         return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
 
     return (cls("tensorflow.serving.BatchingParameters"),
             cls("tensorflow.serving.MonitoringConfig"),
-            cls("tensorflow.serving.PrometheusConfig"))
+            cls("tensorflow.serving.PrometheusConfig"),
+            cls("tensorflow.serving.SSLConfig"))
 
 
-BatchingParameters, MonitoringConfig, PrometheusConfig = _build()
+BatchingParameters, MonitoringConfig, PrometheusConfig, SSLConfig = _build()

@@ -3,19 +3,16 @@
 Paths, check order and error bodies follow TF Serving (docs/model_server.md, 'REST API'):
 `/v1/...` answers JSON (errors as `{"error": msg}` with the HTTP status of the canonical
 code), the Prometheus page lives on its configured path, and everything else is an HTML 404
-like libevent's. The API gets the model manager, the metrics and the RestOptions.
+like libevent's. The API gets the model manager, the metrics and the RestOptions; the HTTP
+transport (bounded threads, timeouts, body limits) is model_server.http_server.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
-import socket
 import time
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
 from google.protobuf import json_format
@@ -23,6 +20,7 @@ from tensorflow_serving.apis import classification_pb2, regression_pb2
 
 from model_server import inference, rest_json
 from model_server.errors import ServingError, from_tf_exception, invalid
+from model_server.http_server import HttpLimits, HttpServer, Request, Response
 from model_server.int_ranges import INT64_MAX
 from model_server.options import RestOptions
 from model_server.status import model_status_response
@@ -72,6 +70,7 @@ class RestApi:
         self.manager = manager
         self.metrics = metrics
         self.timeout_s = options.timeout_s
+        self.limits = options.limits
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         started = time.monotonic()
@@ -147,9 +146,7 @@ class RestApi:
 
     def _predict(self, loaded, sig_name, request) -> str:
         sig = loaded.signature(sig_name, grpc=False)
-        inputs, row_format = rest_json.request_inputs(request, sig)
-        for alias, array in inputs.items():
-            sig.check_shape(alias, array.shape)
+        inputs, row_format = rest_json.request_inputs(request, sig, self.limits)
         started = time.monotonic()
         outputs = sig.run(inputs, None, self.timeout_s)
         self._check_deadline(started)
@@ -158,11 +155,11 @@ class RestApi:
     def _classify_regress(self, api, loaded, model, sig_name, request) -> str:
         request_type, run, write = _EXAMPLE_APIS[api]
         req = request_type()
-        req.input.CopyFrom(rest_json.examples_input(request, api))
+        req.input.CopyFrom(rest_json.examples_input(request, api, self.limits))
         req.model_spec.name = model
         req.model_spec.signature_name = sig_name
         started = time.monotonic()
-        result = run(loaded, req, self.timeout_s).result
+        result = run(loaded, req, self.timeout_s, self.limits).result
         self._check_deadline(started)
         return write(result)
 
@@ -175,141 +172,45 @@ class RestApi:
                                f"(--rest_api_timeout_in_ms)")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "uic-model-server"
-    sys_version = ""
+_CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),
+                 ("Access-Control-Allow-Methods", "POST, GET"),
+                 ("Access-Control-Allow-Headers", "Content-Type"))
 
-    def setup(self):
-        super().setup()
-        # small header and body writes must not wait for the client's delayed ACK (Nagle)
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, fmt, *args):  # quiet: one line per request is too much at 500 QPS
-        log.debug("%s - %s", self.address_string(), fmt % args)
+class RestRouter:
+    """What TF Serving's HTTP server does with a complete request: `/v1` to the API, the
+    Prometheus page, CORS preflights, and libevent's HTML 404 for everything else."""
 
-    def _reply(self, code: int, body: bytes, content_type: str = "application/json",
-               api: bool = True) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if api and self.server.cors:
-            self.send_header("Access-Control-Allow-Origin", "*")
-            self.send_header("Access-Control-Allow-Methods", "POST, GET")
-            self.send_header("Access-Control-Allow-Headers", "Content-Type")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def __init__(self, api: RestApi, metrics, prometheus_path: str | None, cors: bool):
+        self.api = api
+        self.metrics = metrics
+        self.prometheus_path = prometheus_path
+        self.cors_headers = _CORS_HEADERS if cors else ()
 
-    def _read_body(self) -> bytes | None:
-        limit = self.server.max_body_bytes
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks, total = [], 0
-            while True:
-                line = self.rfile.readline(1024)
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    self._error(400, "Malformed chunked request body")
-                    return None
-                if size == 0:
-                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                total += size
-                if total > limit:
-                    self._too_large(total)
-                    return None
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(8)
-            body = b"".join(chunks)
-        else:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                self._error(400, "Content-Length is not a number")
-                return None
-            if length < 0:
-                self._error(400, "Content-Length is negative")
-                return None
-            if length > limit:
-                self._too_large(length)
-                return None
-            body = self.rfile.read(length) if length else b""
-        if "gzip" in self.headers.get("Content-Encoding", "").lower():
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError, zlib.error) as exc:
-                self._error(400, f"Failed to decompress gzip request body: {exc}")
-                return None
-            if len(body) > limit:
-                self._too_large(len(body))
-                return None
-        return body
-
-    def _too_large(self, size: int) -> None:
-        self.close_connection = True  # the unread body must not be parsed as a request
-        self._error(413, f"Request body of {size} bytes exceeds the limit of "
-                    f"{self.server.max_body_bytes} bytes (--rest_api_max_body_bytes)")
-
-    def _error(self, code: int, message: str) -> None:
-        self._reply(code, json.dumps({"error": message}).encode())
-
-    def _dispatch(self) -> None:
-        method, path = self.command, self.path
+    def respond(self, request: Request) -> Response:
+        method, path = request.method, request.target
+        if method == "OPTIONS":
+            origin = request.headers.get("origin", "")
+            return Response(200 if re.match(r"^https?://", origin) else 400,
+                            headers=self.cors_headers)
         if _V1.match(path):
-            body = self._read_body() if method == "POST" else b""
-            if body is None:
-                return
-            if method != "POST" and self.headers.get("Content-Length"):
-                self._discard_body()
-            code, payload = self.server.api.handle(method, path, body)
-            self._reply(code, payload)
-            return
-        prom = self.server.prometheus_path
-        bare = path.split("?", 1)[0]
-        if prom is not None and bare == prom:
-            self._discard_body()
+            code, payload = self.api.handle(method, path,
+                                            request.body if method == "POST" else b"")
+            return Response(code, payload, headers=self.cors_headers)
+        if self.prometheus_path is not None and path.split("?", 1)[0] == self.prometheus_path:
             if "?" in path:
-                self._reply(400, b"Unexpected path", "text/plain", api=False)
-            else:
-                self._reply(200, self.server.metrics.render(), "text/plain; version=0.0.4",
-                            api=False)
-            return
-        self._discard_body()
-        self._reply(404, _HTML_404, "text/html", api=False)
-
-    def _discard_body(self) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        if 0 < length <= self.server.max_body_bytes:
-            self.rfile.read(length)
-        elif length:
-            self.close_connection = True
-
-    # http.server calls do_<METHOD>; all but OPTIONS share one router
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _dispatch
-
-    def do_OPTIONS(self):  # noqa: N802 (http.server naming)
-        self._discard_body()
-        origin = self.headers.get("Origin", "")
-        if re.match(r"^https?://", origin):
-            self._reply(200, b"")
-        else:
-            self._reply(400, b"")
+                return Response(400, b"Unexpected path", "text/plain")
+            return Response(200, self.metrics.render(), "text/plain; version=0.0.4")
+        return Response(404, _HTML_404, "text/html")
 
 
-class RestServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
+class RestServer(HttpServer):
+    """The REST front end: RestRouter behind the bounded HTTP server."""
 
     def __init__(self, options: RestOptions, manager, metrics, prometheus_path: str | None):
-        self.api = RestApi(manager, metrics, options)
-        self.metrics = metrics
-        self.cors = options.cors
-        self.max_body_bytes = options.max_body_bytes
-        self.prometheus_path = prometheus_path
-        super().__init__((options.bind_address, options.port), _Handler)
+        router = RestRouter(RestApi(manager, metrics, options), metrics, prometheus_path,
+                            options.cors)
+        super().__init__((options.bind_address, options.port), router.respond, HttpLimits(
+            num_threads=options.num_threads, max_connections=options.max_connections,
+            max_body_bytes=options.max_body_bytes, header_timeout_s=options.header_timeout_s,
+            body_timeout_s=options.body_timeout_s))

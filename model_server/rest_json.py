@@ -26,6 +26,7 @@ from model_server.int_ranges import (
     UINT32_MAX,
     UINT64_MAX,
 )
+from model_server.limits import DEFAULT_LIMITS, POINTER_BYTES, RequestLimits
 from model_server.tensors import dtype_name
 
 # JSON integers accepted per dtype; the narrow types are checked against int32, as in TF Serving
@@ -62,12 +63,57 @@ def parse_body(body: bytes) -> dict:
         value, _end = _DECODER.raw_decode(stripped)
     except json.JSONDecodeError as exc:
         offset = exc.pos + (len(text) - len(stripped))
-        raise invalid(f"JSON Parse error: {exc.msg} at offset: {offset}") from None
+        if exc.msg.startswith("Unterminated string"):
+            offset = len(text)  # rapidjson stops at the end of the input
+        raise invalid(f"JSON Parse error: {_rapidjson_message(exc.msg, stripped, exc.pos)} "
+                      f"at offset: {offset}") from None
     except RecursionError:
         raise invalid("JSON Parse error: nesting too deep for this server") from None
     if not isinstance(value, dict):
         raise invalid("JSON Parse error: The document root must be an object: Is not object")
     return value
+
+
+# Python's JSONDecodeError texts -> rapidjson's GetParseError_En texts (what TF Serving says)
+_PARSE_MESSAGES = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+}
+
+
+def _rapidjson_message(msg: str, text: str, pos: int) -> str:
+    if msg == "Expecting ',' delimiter":
+        return ("Missing a comma or ']' after an array element." if _innermost(text, pos) == "["
+                else "Missing a comma or '}' after an object member.")
+    for python_text, rapidjson_text in _PARSE_MESSAGES.items():
+        if msg.startswith(python_text):
+            return rapidjson_text
+    return msg
+
+
+def _innermost(text: str, end: int) -> str:
+    """The innermost bracket still open at `end` ('[' or '{'), skipping strings."""
+    stack, in_string, escaped = [], False, False
+    for ch in text[:end]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            stack.append(ch)
+        elif ch in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
 
 
 def _json_type(value) -> str:
@@ -172,11 +218,13 @@ def _scalar(value, dtype, level, rank):
     raise _type_error(value, dtype)
 
 
-def to_array(value, dtype: int) -> np.ndarray:
-    """A JSON tensor (scalar or nested lists) -> numpy array of the signature dtype."""
-    shape = _infer_shape(value)
+def _flat_values(value, dtype: int, shape: list[int]) -> list:
     flat: list = []
     _flatten(value, shape, 0, flat, dtype)
+    return flat
+
+
+def _array(flat: list, dtype: int, shape) -> np.ndarray:
     if dtype == types_pb2.DT_STRING:
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
@@ -184,8 +232,24 @@ def to_array(value, dtype: int) -> np.ndarray:
     return np.array(flat, dtype=_NP[dtype]).reshape(shape)
 
 
-def request_inputs(body: dict, sig) -> tuple[dict[str, np.ndarray], bool]:
-    """The signature inputs from a predict body; returns (inputs, row_format)."""
+def _itemsize(dtype: int) -> int:
+    return POINTER_BYTES if dtype == types_pb2.DT_STRING else np.dtype(_NP.get(
+        dtype, np.float64)).itemsize
+
+
+def to_array(value, dtype: int, admit=None) -> np.ndarray:
+    """A JSON tensor (scalar or nested lists) -> numpy array of the signature dtype;
+    `admit(shape, itemsize)` may refuse the declared shape before any value is converted."""
+    shape = _infer_shape(value)
+    if admit is not None:
+        admit(tuple(shape), _itemsize(dtype))
+    return _array(_flat_values(value, dtype, shape), dtype, shape)
+
+
+def request_inputs(body: dict, sig, limits: RequestLimits = DEFAULT_LIMITS
+                   ) -> tuple[dict[str, np.ndarray], bool]:
+    """The signature inputs from a predict body; returns (inputs, row_format). Each input's
+    shape is admitted by `limits` (model_server.limits) before its values are converted."""
     has_instances, has_inputs = "instances" in body, "inputs" in body
     if has_instances and has_inputs:
         raise invalid("Not formatted correctly expecting only one of 'inputs' or 'instances' "
@@ -193,18 +257,58 @@ def request_inputs(body: dict, sig) -> tuple[dict[str, np.ndarray], bool]:
     if not (has_instances or has_inputs):
         raise invalid("Missing 'inputs' or 'instances' key")
     names = sig.input_names
+    budget = limits.budget()
+
+    def admitter(name):
+        return lambda shape, itemsize: budget.admit(sig, name, shape, itemsize)
+
     if has_instances:
-        return _rows(body["instances"], sig, names), True
-    return _columns(body["inputs"], sig, names), False
+        inputs, row_format = _rows(body["instances"], sig, names, admitter), True
+    else:
+        inputs, row_format = _columns(body["inputs"], sig, names, admitter), False
+    for alias, array in inputs.items():
+        sig.check_shape(alias, array.shape)
+    return inputs, row_format
 
 
 def _wrap(index, key, exc: ServingError) -> ServingError:
-    where = f"{index}" + (f" [key: {key}]" if key else "")
+    where = f"{index}" + (f" key: {key}" if key else "")
     return ServingError(exc.code, f"Failed to process element: {where} of 'instances' list. "
                         f"Error: {exc.code}: {exc.message}")
 
 
-def _rows(instances, sig, names):
+def _shape_text(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+class _Column:
+    """One input's rows, converted one row at a time as TF Serving's AddInstanceItem does:
+    the first row fixes the size and shape every later row must have."""
+
+    def __init__(self, name: str, dtype: int, rows: int, admit):
+        self.name, self.dtype, self.rows, self.admit = name, dtype, rows, admit
+        self.shape = None
+        self.size = 0
+        self.flat: list = []
+
+    def add(self, value) -> None:
+        shape = _infer_shape(value)
+        values = _flat_values(value, self.dtype, shape)
+        if self.shape is None:
+            self.admit((self.rows, *shape), _itemsize(self.dtype))
+            self.shape, self.size = shape, len(values)
+        elif len(values) != self.size:
+            raise invalid(f"Expecting tensor size: {self.size} but got: {len(values)}")
+        elif shape != self.shape:
+            raise invalid(f"Expecting shape {_shape_text(self.shape)} but got: "
+                          f"{_shape_text(shape)}")
+        self.flat.extend(values)
+
+    def array(self) -> np.ndarray:
+        return _array(self.flat, self.dtype, (self.rows, *self.shape))
+
+
+def _rows(instances, sig, names, admitter):
     if not isinstance(instances, list):
         raise invalid("Expecting 'instances' to be an list/array")
     if not instances:
@@ -214,50 +318,46 @@ def _rows(instances, sig, names):
     if len(names) > 1 and not named:
         raise invalid("instances is a plain list, but expecting list of objects as multiple "
                       "input tensors required as per tensorinfo_map")
-    if not named:
-        for i, item in enumerate(instances):
+    n = len(instances)
+    columns = {name: _Column(name, sig.inputs[name], n, admitter(name)) for name in names}
+    expected = set(names)
+    for i, item in enumerate(instances):
+        if not named:
             if isinstance(item, dict) and not is_b64(item):
                 raise invalid(f"Expecting value/list but got object at item {i} of input list")
-        name = names[0]
-        try:
-            return {name: to_array(instances, sig.inputs[name])}
-        except ServingError as exc:
-            raise _wrap(0, "", exc) from None
-    expected = set(names)
-    columns = {name: [] for name in names}
-    for i, item in enumerate(instances):
+            try:
+                columns[names[0]].add(item)
+            except ServingError as exc:
+                raise _wrap(i, "", exc) from None
+            continue
         if not isinstance(item, dict) or is_b64(item):
             kind = "list" if isinstance(item, list) else "value"
             raise invalid(f"Expecting object but got {kind} at item {i} of input list")
-        for key in item:
+        for key, value in item.items():
             if key not in expected:
                 raise invalid(f"JSON object: does not have named input: {key}")
-        if len(item) != len(expected):
+            try:
+                columns[key].add(value)
+            except ServingError as exc:
+                raise _wrap(i, key, exc) from None
+        if set(item) != expected:
             raise invalid(f"Failed to process element: {i} of 'instances' list. JSON object: "
                           f"{_show(item)} keys must be equal to: {','.join(sorted(expected))}")
-        for key, value in item.items():
-            columns[key].append(value)
-    out = {}
-    for name in names:
-        try:
-            out[name] = to_array(columns[name], sig.inputs[name])
-        except ServingError as exc:
-            raise _wrap(0, name, exc) from None
-    return out
+    return {name: column.array() for name, column in columns.items()}
 
 
-def _columns(inputs, sig, names):
+def _columns(inputs, sig, names, admitter):
     if isinstance(inputs, dict) and not is_b64(inputs):
         out = {}
         for name in names:
             if name not in inputs:
                 raise invalid(f"Missing named input: {name} in 'inputs' object.")
-            out[name] = to_array(inputs[name], sig.inputs[name])
+            out[name] = to_array(inputs[name], sig.inputs[name], admitter(name))
         return out
     if len(names) > 1:
         raise invalid("inputs is a plain value/list, but expecting an object as multiple input "
                       "tensors required as per tensorinfo_map")
-    return {names[0]: to_array(inputs, sig.inputs[names[0]])}
+    return {names[0]: to_array(inputs, sig.inputs[names[0]], admitter(names[0]))}
 
 
 # ----------------------------------------------------------------------------- writing
@@ -380,8 +480,9 @@ def classification_text(result) -> str:
     return '{"results": [' + ", ".join(rows) + "]}"
 
 
-def examples_input(body: dict, method: str):
-    """{"context"?, "examples"} -> tensorflow.serving.Input with tf.Examples."""
+def examples_input(body: dict, method: str, limits: RequestLimits = DEFAULT_LIMITS):
+    """{"context"?, "examples"} -> tensorflow.serving.Input with tf.Examples (their number
+    checked against the limits before any is built)."""
     from tensorflow_serving.apis import input_pb2
 
     if "examples" not in body:
@@ -392,6 +493,7 @@ def examples_input(body: dict, method: str):
         raise invalid("Expecting 'examples' value to be an list/array")
     if not examples:
         raise invalid("'examples' value is an empty array")
+    limits.budget().admit_examples(len(examples), 0)
     out = input_pb2.Input()
     if "context" in body:
         target = out.example_list_with_context

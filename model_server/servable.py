@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,13 @@ class Signature:
         return {name: _to_numpy(outputs[name]) for name in names}
 
 
-def _to_numpy(value):
-    return value.numpy() if hasattr(value, "numpy") else value
+def _to_numpy(value) -> np.ndarray:
+    """An output as an array: `.numpy()` of a scalar gives a numpy scalar, or plain `bytes`
+    for a string, which the writers cannot shape."""
+    value = value.numpy() if hasattr(value, "numpy") else value
+    if isinstance(value, np.ndarray):
+        return value
+    return np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
 
 
 def _np_dtype_or_none(enum):
@@ -115,6 +121,7 @@ class LoadedModel:
         self._metadata_lock = threading.Lock()
         self._signature_def_map = None
         self._metadata_json = None
+        self.stage_micros: dict[str, float] = {}  # load time per TF loader stage
 
     def signature(self, name: str, grpc: bool = True) -> Signature:
         sig = self.signatures.get(name or DEFAULT_SIGNATURE)
@@ -182,12 +189,14 @@ def load_model(name: str, version: int, path: Path, tags=("serve",)) -> LoadedMo
     """Load one version directory. Raises ServingError on failure."""
     import tensorflow as tf
 
+    started = time.monotonic()
     tag_set = set(tags)
     meta_graph = read_meta_graph(path, tag_set)
     try:
         saved = tf.saved_model.load(str(path), tags=sorted(tag_set))
     except Exception as exc:  # noqa: BLE001
         raise ServingError("UNKNOWN", f"failed to load SavedModel {path}: {exc}") from None
+    restored = time.monotonic()
     functions = getattr(saved, "signatures", {}) or {}
     signatures = {}
     for key, sig_def in meta_graph.signature_def.items():
@@ -200,4 +209,9 @@ def load_model(name: str, version: int, path: Path, tags=("serve",)) -> LoadedMo
                         key, name, version, [(a, dtype_name(sig_def.inputs[a].dtype))
                                              for a in unsupported])
         signatures[key] = Signature(key, sig_def, fn)
-    return LoadedModel(name, version, Path(path), saved, meta_graph, signatures)
+    loaded = LoadedModel(name, version, Path(path), saved, meta_graph, signatures)
+    # TF's load_latency_by_stage stages; tf.saved_model.load restores and initialises in
+    # one call, so "init_graph" is the signature set-up that follows it
+    loaded.stage_micros = {"restore_graph": (restored - started) * 1e6,
+                           "init_graph": (time.monotonic() - restored) * 1e6}
+    return loaded

@@ -42,7 +42,6 @@ class ModelServer:
         self.rest_port: int | None = None
         self._grpc = None
         self._rest = None
-        self._rest_thread = None
         self._stop = threading.Event()
         self._config_thread = None
         self._config_text = None
@@ -51,6 +50,8 @@ class ModelServer:
                            if options.model_config_file else None)
         self.initial_config = self._read_initial_config()
         self.prometheus_path = self._read_prometheus_path()
+        self.ssl_config = (_read_config_file(cfg.read_ssl_config, options.grpc.ssl_config_file)
+                           if options.grpc.ssl_config_file else None)
         batching_params = self._read_batching()
         self._configure_tf()
 
@@ -137,25 +138,43 @@ class ModelServer:
         from model_server.grpc_service import add_services
 
         g = self.options.grpc
-        channel_options = [("grpc.max_receive_message_length", INT32_MAX),
+        # channel arguments come last so they override, as in TF Serving
+        channel_options = [("grpc.max_receive_message_length", g.max_receive_bytes),
                            ("grpc.max_send_message_length", INT32_MAX),
                            ("grpc.so_reuseport", 0), *g.channel_arguments]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=g.max_threads,
                                                             thread_name_prefix="grpc"),
                                  options=channel_options)
-        add_services(self._grpc, self.manager, self.metrics, g, self.reload_config)
+        add_services(self._grpc, self.manager, self.metrics, g, self.reload_config_request)
         if g.health_service:
             self._add_health()
+        credentials = self._grpc_credentials()
+        listen = (self._grpc.add_insecure_port if credentials is None else
+                  lambda address: self._grpc.add_secure_port(address, credentials))
         if g.port:
             try:
-                self.grpc_port = self._grpc.add_insecure_port(f"{g.bind_address}:{g.port}")
+                self.grpc_port = listen(f"{g.bind_address}:{g.port}")
             except RuntimeError as exc:
                 raise StartupError(f"cannot listen for gRPC on {g.bind_address}:{g.port}: "
                                    f"{exc}") from None
         if g.socket_path:
-            self._grpc.add_insecure_port(f"unix:{g.socket_path}")
+            listen(f"unix:{g.socket_path}")
         self._grpc.start()
-        log.info("Running gRPC ModelServer at %s:%s ...", g.bind_address, self.grpc_port)
+        log.info("Running gRPC ModelServer at %s:%s (%s) ...", g.bind_address, self.grpc_port,
+                 "insecure" if credentials is None else
+                 "mutual TLS" if self.ssl_config.client_verify else "TLS")
+
+    def _grpc_credentials(self):
+        """TF Serving's BuildServerCredentials: None (insecure) or SSL from the SSLConfig."""
+        import grpc
+
+        ssl = self.ssl_config
+        if ssl is None:
+            return None
+        return grpc.ssl_server_credentials(
+            [(ssl.server_key.encode(), ssl.server_cert.encode())],
+            root_certificates=ssl.custom_ca.encode() or None,
+            require_client_auth=ssl.client_verify)
 
     def _add_health(self) -> None:
         try:
@@ -185,15 +204,28 @@ class ModelServer:
             raise StartupError(f"cannot listen for HTTP on {r.bind_address}:{r.port}: "
                                f"{exc.strerror or exc}") from None
         self.rest_port = self._rest.server_address[1]
-        self._rest_thread = threading.Thread(target=self._rest.serve_forever, daemon=True,
-                                             kwargs={"poll_interval": 0.2}, name="rest")
-        self._rest_thread.start()
+        self._rest.start()
         log.info("Exporting HTTP/REST API at:%s:%d ...", r.bind_address, self.rest_port)
 
     def reload_config(self, config) -> None:
-        """HandleReloadConfigRequest and the config-file poller both land here."""
+        """The config-file poller: the operator's file, relative paths resolved as at start."""
         with self._reload_lock:
             self.manager.apply_config(self.resolve(config))
+
+    def reload_config_request(self, config) -> None:
+        """gRPC HandleReloadConfigRequest: anyone who reaches the port can send one, so it
+        is off unless --enable_model_config_reload, and then every base path must be absolute
+        (as in TF Serving) and lie under --model_base_path_prefix."""
+        if not self.options.enable_model_config_reload:
+            raise ServingError("PERMISSION_DENIED",
+                               "HandleReloadConfigRequest is disabled on this server; start it "
+                               "with --enable_model_config_reload and --model_base_path_prefix "
+                               "to allow reloads, or edit --model_config_file with "
+                               "--model_config_file_poll_wait_seconds")
+        cfg.validate_config(config, self.manager.config)  # TF Serving's checks come first
+        cfg.check_under_prefix(config, self.options.model_base_path_prefix)
+        with self._reload_lock:
+            self.manager.apply_config(config)
 
     def _poll_config(self) -> None:
         path = Path(self.options.model_config_file)
@@ -229,8 +261,7 @@ class ModelServer:
         self._stop.set()
         self.manager.stop()
         if self._rest is not None:
-            self._rest.shutdown()
-            self._rest.server_close()
+            self._rest.stop()
         if self._grpc is not None:
             self._grpc.stop(grace=1).wait()
         if self.batching is not None:

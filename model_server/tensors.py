@@ -13,6 +13,7 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from model_server.errors import invalid
+from model_server.limits import POINTER_BYTES
 
 # DataType enum -> (numpy dtype, TensorProto typed field, TF dtype name)
 _DTYPES: dict[int, tuple[np.dtype, str, str]] = {
@@ -64,10 +65,27 @@ def proto_shape(proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
     return dims
 
 
-def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """Decode a request TensorProto (its dtype already checked against the signature)."""
+def decoded_bytes(proto: tensor_pb2.TensorProto) -> tuple[int, int]:
+    """(bytes per element, extra bytes) decoding `proto` will allocate, known before any
+    allocation: string tensors hold one reference per element plus their bytes."""
+    if proto.dtype == types_pb2.DT_STRING:
+        return POINTER_BYTES, sum(len(v) for v in proto.string_val)
+    info = _DTYPES.get(proto.dtype)
+    if info is not None:
+        return info[0].itemsize, 0
+    import tensorflow as tf
+
+    try:
+        return max(tf.as_dtype(proto.dtype).size, 1), 0
+    except TypeError:
+        raise invalid(f"Cannot parse tensor from proto: unknown dtype {proto.dtype}") from None
+
+
+def to_numpy(proto: tensor_pb2.TensorProto, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Decode a request TensorProto (its dtype already checked against the signature, its
+    declared `shape` already admitted by model_server.limits)."""
     dtype = proto.dtype
-    shape = proto_shape(proto)
+    shape = proto_shape(proto) if shape is None else shape
     size = 1
     for d in shape:
         size *= d
@@ -120,6 +138,7 @@ def fill_proto(proto: tensor_pb2.TensorProto, array: np.ndarray, as_content: boo
     """Write `array` into `proto` with TF Serving's encoding (typed fields by default)."""
     enum = dtype_enum(array)
     proto.dtype = enum
+    proto.tensor_shape.SetInParent()  # a scalar has an empty but present shape
     dims = proto.tensor_shape.dim
     for d in array.shape:
         dims.add().size = d

@@ -30,7 +30,10 @@ def main_server(server_models, tmp_path_factory):
                            "labels": {"stable": 1, "canary": 2}}
     server = start_model_server(models, [f"--monitoring_config_file={monitoring}",
                                          "--rest_api_max_body_bytes=200000",
-                                         "--rest_api_enable_cors_support"], workdir)
+                                         "--rest_api_enable_cors_support",
+                                         # TF Serving has no candidate limit: one test sends
+                                         # 2M values (the limits: test_limits.py)
+                                         "--max_request_candidates=2000000"], workdir)
     yield server
     server.stop()
 

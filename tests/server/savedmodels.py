@@ -49,6 +49,16 @@ class MultiSignature(tf.Module):
         total = a + tf.cast(b, tf.int64)
         return {"sum": tf.where(flag, total, -total)}
 
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="s")])
+    def scalar(self, s):
+        """Scalar string in, scalar string and int out (rank-0 tensors on both APIs)."""
+        return {"text": s, "length": tf.strings.length(s, unit="BYTE")}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def not_regression(self, x):
+        """One input and one output, but not named 'inputs'/'outputs': Regress refuses it."""
+        return {"y": x}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def regress(self, inputs):
         parsed = tf.io.parse_example(inputs, {"x": tf.io.FixedLenFeature([], tf.float32)})
@@ -67,8 +77,8 @@ class MultiSignature(tf.Module):
 def multi_signature_model(path: Path) -> Path:
     m = MultiSignature()
     tf.saved_model.save(m, str(path), signatures={
-        "serving_default": m.dot, "strings": m.strings, "ints": m.ints,
-        "regress": m.regress, "classify": m.classify})
+        "serving_default": m.dot, "strings": m.strings, "ints": m.ints, "scalar": m.scalar,
+        "not_regression": m.not_regression, "regress": m.regress, "classify": m.classify})
     return path
 
 

@@ -39,6 +39,8 @@ def test_version_and_unknown_arguments():
     (("--model_base_path=/x", "--port=0"), "--port must be non-zero"),
     (("--model_base_path=/x", "--grpc_channel_arguments=a=1,b"),
      "--grpc_channel_arguments: expected key=value, got 'b'"),
+    (("--model_base_path=/x", "--rest_api_num_threads=0"), "--rest_api_num_threads must be > 0"),
+    (("--model_base_path=/x", "--use_alts_credentials"), "use --ssl_config_file for TLS"),
 ])
 def test_startup_errors(tmp_path, args, message):
     bad = tmp_path / "bad.config"
@@ -52,6 +54,7 @@ def test_startup_errors(tmp_path, args, message):
 
 def test_flags_become_each_components_options():
     from model_server import flags
+    from model_server.limits import RequestLimits
     from model_server.options import RestOptions, ServerOptions
 
     options = ServerOptions.from_flags(flags.parse([
@@ -59,9 +62,17 @@ def test_flags_become_each_components_options():
         "--rest_api_timeout_in_ms=0", "--rest_api_enable_cors_support",
         "--rest_api_max_body_bytes=10", "--grpc_channel_arguments=a=1,b=x,c=4294967296",
         "--saved_model_tags=serve, gpu", "--tensorflow_session_parallelism=2",
-        "--tensorflow_intra_op_parallelism=3", "--enable_serialization_as_tensor_content"]))
+        "--tensorflow_intra_op_parallelism=3", "--enable_serialization_as_tensor_content",
+        "--rest_api_num_threads=3", "--rest_api_max_connections=7",
+        "--rest_api_header_timeout_in_ms=1500", "--max_request_candidates=9",
+        "--max_request_tensor_bytes=99", "--grpc_max_receive_message_bytes=1000"]))
+    limits = RequestLimits(max_tensor_bytes=99, max_candidates=9)
     assert options.rest == RestOptions(port=8501, bind_address="0.0.0.0", timeout_s=None,
-                                       cors=True, max_body_bytes=10)
+                                       cors=True, max_body_bytes=10, num_threads=3,
+                                       max_connections=7, header_timeout_s=1.5,
+                                       body_timeout_s=30.0, limits=limits)
+    assert options.grpc.limits == limits and options.grpc.max_receive_bytes == 1000
+    assert not options.enable_model_config_reload
     assert options.grpc.bind_address == "0.0.0.0" and options.grpc.tensor_content
     # values outside int32 stay strings, as gRPC core expects
     assert options.grpc.channel_arguments == (("a", 1), ("b", "x"), ("c", "4294967296"))
@@ -166,14 +177,21 @@ def test_launch_execs_real_binary_with_absolute_paths(tmp_path):
     fake.write_text("#!/bin/sh\necho REAL \"$@\"\n")
     fake.chmod(0o755)
     env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-m", "model_server.launch",
-         "--model_config_file=serving_configs/models.config",
-         "--batching_parameters_file=serving_configs/batching.config",
-         "--monitoring_config_file=serving_configs/monitoring.config"],
-        capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    args = [sys.executable, "-m", "model_server.launch",
+            "--model_config_file=serving_configs/models.config",
+            "--batching_parameters_file=serving_configs/batching.config",
+            "--monitoring_config_file=serving_configs/monitoring.config",
+            "--max_request_candidates=5000"]
+    # the real binary listens on every interface: only when that is asked for
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert result.returncode == 2 and "--bind_address=0.0.0.0" in result.stderr
+    assert "REAL" not in result.stdout
+    result = subprocess.run([*args, "--bind_address=0.0.0.0"], capture_output=True, text=True,
+                            timeout=60, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip()
+    # the embedded server's own flags are not passed on
+    assert "--bind_address" not in line and "--max_request_candidates" not in line
     assert line.startswith("REAL ") and "--port=8500" in line and "--rest_api_port=8501" in line
     assert "--batching_parameters_file" not in line and "batching is off" in result.stderr
     config_arg = next(a for a in line.split() if a.startswith("--model_config_file="))
@@ -203,6 +221,7 @@ def test_deploy_writes_container_specs(tmp_path):
         "/models/dien_head", "/models/mimn_head"]
     script = (out / "docker-run.sh").read_text()
     assert "tensorflow/serving" in script and "--model_config_file=/config/models.config" in script
+    assert "-p 127.0.0.1:8500:8500 -p 127.0.0.1:8501:8501" in script  # loopback by default
     k8s = (out / "k8s.yaml").read_text()
     assert "kind: Deployment" in k8s and "containerPort: 8500" in k8s
     assert deploy.main(["--out", str(out), "--saved_models", str(tmp_path / "elsewhere"),
@@ -216,3 +235,15 @@ def test_deploy_kubernetes_spec_is_valid_yaml(tmp_path):
     docs = list(yaml.safe_load_all(k8s))
     assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
     assert "models.config" in docs[0]["data"]
+
+
+def test_readiness_probe_checks_every_model(main_server):
+    """The Kubernetes probe script, run by bash against a real server's REST port."""
+    from model_server.deploy import readiness_script
+
+    def probe(models):
+        return subprocess.run(["bash", "-c", readiness_script(models, main_server.rest_port)],
+                              timeout=30).returncode
+
+    assert probe(["versioned", "keras", "head"]) == 0
+    assert probe(["versioned", "missing", "head"]) != 0

@@ -247,3 +247,27 @@ def test_keras_model_over_grpc(predict_stub):
     response = predict_stub.Predict(request)
     (name,) = response.outputs
     assert tf.make_ndarray(response.outputs[name]).tolist() == [[3.0]]
+
+
+# ------------------------------------------------------------ conformance gaps (issue 16)
+def test_scalar_outputs_have_an_empty_tensor_shape(predict_stub):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "multi"
+    request.model_spec.signature_name = "scalar"
+    request.inputs["s"].CopyFrom(tf.make_tensor_proto(b"abc"))
+    response = predict_stub.Predict(request)
+    for alias in ("length", "text"):
+        assert response.outputs[alias].HasField("tensor_shape")
+        assert not response.outputs[alias].tensor_shape.dim
+    assert list(response.outputs["length"].int_val) == [3]
+
+
+def test_regress_on_a_signature_without_regression_inputs(predict_stub):
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "multi"
+    request.model_spec.signature_name = "not_regression"
+    request.input.example_list.examples.add()
+    code, details = rpc_error(predict_stub.Regress, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("No regression inputs found in SignatureDef: ")
+    assert 'method_name: "tensorflow/serving/predict"' in details

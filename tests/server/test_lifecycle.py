@@ -49,8 +49,10 @@ def lifecycle(server_models, tmp_path_factory, model_server_factory):
     hot.mkdir()
     publish(server_models["versioned"] / "1", hot, 1)
     config = write_models_config(root / "models.config", {"hot": hot})
-    server = model_server_factory(config, ["--file_system_poll_wait_seconds=1",
-                                           "--model_config_file_poll_wait_seconds=1"])
+    server = model_server_factory(config, [
+        "--file_system_poll_wait_seconds=1", "--model_config_file_poll_wait_seconds=1",
+        "--enable_model_config_reload",
+        f"--model_base_path_prefix={tmp_path_factory.getbasetemp()}"])
     channel = grpc.insecure_channel(server.grpc_target)
     yield {"server": server, "root": root, "hot": hot, "config": config,
            "source": server_models["versioned"], "models": server_models,

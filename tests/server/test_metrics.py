@@ -46,6 +46,12 @@ def test_prometheus_page(rest, predict_stub):
     assert re.search(r':tensorflow:cc:saved_model:load_attempt_count\{model_path="[^"]+/versioned'
                      r'/3",status="success"\} 1', text)
     assert ':tensorflow:serving:model_warmup_latency_count{model_path=' in text
+    # TF core's load latency: a counter of microseconds, and a histogram per loader stage
+    assert re.search(r':tensorflow:cc:saved_model:load_latency\{model_path="[^"]+/versioned/3"\}'
+                     r' [1-9]', text)
+    for stage in ("restore_graph", "init_graph"):
+        assert re.search(r':tensorflow:cc:saved_model:load_latency_by_stage_count\{model_path='
+                         rf'"[^"]+/versioned/3",stage="{stage}"\}} 1', text)
 
 
 def test_prometheus_query_string_and_other_paths(rest):

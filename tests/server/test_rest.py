@@ -166,8 +166,12 @@ def test_predict_errors(rest, path, body, status, message):
 @pytest.mark.parametrize(("model", "body", "fragment"), [
     ("versioned", {"instances": ["a"]}, "Type: String is not of expected type: float"),
     ("versioned", {"instances": [None]}, "Type: Null is not of expected type: float"),
-    ("versioned", {"instances": [[1.0], 2.0]}, "found at incorrect level"),
-    ("versioned", {"instances": [1.0, [2.0]]}, "Encountered list at unexpected level"),
+    # rows are converted one at a time; the first row's shape binds the rest (TF Serving)
+    ("versioned", {"instances": [[1.0], 2.0]}, "Failed to process element: 1 of "
+     "'instances' list. Error: INVALID_ARGUMENT: Expecting shape [1] but got: []"),
+    ("versioned", {"instances": [1.0, [2.0]]}, "Expecting shape [] but got: [1]"),
+    ("versioned", {"inputs": [[1.0], 2.0]}, "found at incorrect level"),
+    ("versioned", {"inputs": [1.0, [2.0]]}, "Encountered list at unexpected level"),
     ("versioned", {"instances": [{"b64": "AA=="}]}, "Type: Object is not of expected type"),
     ("multi", {"signature_name": "ints", "inputs": {"a": [1.0], "b": [1], "flag": [True]}},
      "is not of expected type: int64"),
@@ -276,3 +280,49 @@ def test_head_shaped_model_columnar(rest):
         "state": [[0.1] * STATE_SIZE], "cand_item_ids": [1, 2, 3], "cand_cate_ids": [4, 5, 6]}})
     assert status == 200 and len(body["outputs"]) == 3
     assert all(0.0 < v < 1.0 for v in body["outputs"])
+
+
+# ------------------------------------------------------------ conformance gaps (issue 16)
+def test_b64_string_scalar_in_columnar_form(rest):
+    """A scalar string in and out: once an HTTP 500 (AttributeError on the bytes output)."""
+    assert rest.json("POST", "/v1/models/multi:predict", {
+        "signature_name": "scalar", "inputs": {"b64": "/wA="}}) == (
+        200, {"outputs": {"length": 2, "text": {"b64": "/wA="}}})  # not UTF-8: b64 out
+    assert rest.json("POST", "/v1/models/multi:predict", {
+        "signature_name": "scalar", "inputs": "hi"}) == (
+        200, {"outputs": {"length": 2, "text": "hi"}})
+
+
+@pytest.mark.parametrize(("instances", "message"), [
+    ([[1.0, 2.0], [1.0]], "Failed to process element: 1 of 'instances' list. Error: "
+     "INVALID_ARGUMENT: Expecting tensor size: 2 but got: 1"),
+    ([[[1.0, 2.0]], [[1.0], [2.0]]], "Failed to process element: 1 of 'instances' list. "
+     "Error: INVALID_ARGUMENT: Expecting shape [1,2] but got: [2,1]"),
+])
+def test_ragged_rows_and_rows_of_different_shapes(rest, instances, message):
+    assert rest.json("POST", "/v1/models/multi:predict", {"instances": instances}) == (
+        400, {"error": message})
+
+
+def test_named_rows_name_the_key(rest):
+    status, body = rest.json("POST", "/v1/models/multi:predict", {
+        "signature_name": "ints", "instances": [{"a": 1, "b": 2, "flag": True},
+                                                {"a": [1], "b": 2, "flag": True}]})
+    assert (status, body["error"]) == (400, "Failed to process element: 1 key: a of "
+                                            "'instances' list. Error: INVALID_ARGUMENT: "
+                                            "Expecting shape [] but got: [1]")
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("not json", "JSON Parse error: Invalid value. at offset: 0"),
+    ('{"instances": [1, 2}', "JSON Parse error: Missing a comma or ']' after an array "
+     "element. at offset: 19"),
+    ('{"instances" [1]}', "JSON Parse error: Missing a colon after a name of object member. "
+     "at offset: 13"),
+    ('{"instances": [1] "x": 1}', "JSON Parse error: Missing a comma or '}' after an object "
+     "member. at offset: 18"),
+    ("{instances: 1}", "JSON Parse error: Missing a name for object member. at offset: 1"),
+    ('{"a": "b', "JSON Parse error: Missing a closing quotation mark in string. at offset: 8"),
+])
+def test_invalid_json_messages_are_rapidjsons(rest, raw, message):
+    assert rest.json("POST", "/v1/models/multi:predict", raw) == (400, {"error": message})
