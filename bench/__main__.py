@@ -1,11 +1,13 @@
 """`make bench`: every benchmark in one run, one report.
 
-    python -m bench [--quick] [--only store,models,server,beam,client,archab] [--duration S]
+    python -m bench [--quick] [--only store,models,server,beam,client,archab] [--allow-dirty]
 
 Component benchmarks (store reads, step vs tower, head vs full, server overhead, backfill and
 stream freshness, client cost) run first, one after another so that they do not share the
-two cores; then the Architecture A vs B load test. Results go to bench_results/report.json,
-report.md and latency.png.
+two cores; then the Architecture A vs B cost and capacity benchmark. Results go to
+bench_results/report.json (with the git commit, the machine and the command), report.md and
+latency.png. A dirty work tree is refused unless --allow-dirty: a report must name the code
+it measured.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from bench import archab
+from bench.provenance import ProvenanceError, provenance, require_clean
 from bench.report import write_report
 
 COMPONENTS = ("store", "models", "server", "beam", "client")
@@ -27,14 +30,20 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (a few minutes in all)")
     parser.add_argument("--only", default=",".join(COMPONENTS + ("archab",)),
                         help="comma-separated subset of: " + ", ".join(COMPONENTS + ("archab",)))
-    parser.add_argument("--duration", type=float, default=None,
-                        help="seconds per A/B cell (default 10, quick 3)")
     parser.add_argument("--out", default="bench_results", help="report folder (bench_results)")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="run on a work tree with uncommitted changes (recorded in the report)")
     args = parser.parse_args(argv)
     wanted = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = sorted(set(wanted) - set(COMPONENTS) - {"archab"})
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {COMPONENTS + ('archab',)}")
+    try:
+        origin = provenance(argv)
+        if not args.allow_dirty:
+            require_clean(origin["git"])
+    except ProvenanceError as exc:
+        parser.exit(2, f"error: {exc}\n")
 
     components: dict[str, list[dict]] = {}
     failures = []
@@ -48,21 +57,22 @@ def main(argv=None) -> int:
         except Exception:  # one broken benchmark must not lose the others' figures
             traceback.print_exc()
             failures.append(name)
-    cells: list[dict] = []
+    result: dict = {}
     if "archab" in wanted:
-        print("\n=== bench.archab (Architecture A vs B) ===", flush=True)
+        print("\n=== bench.archab (Architecture A vs B: cost and capacity) ===", flush=True)
         try:
-            cells = archab.run(quick=args.quick, duration_s=args.duration)
+            result = archab.run(quick=args.quick)
         except Exception:
             traceback.print_exc()
             failures.append("archab")
-    summary = archab.summarize(cells)
+    summary = archab.summarize(result)
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     if failures:
         summary["failed"] = ",".join(failures)
-    paths = write_report(Path(args.out), cells, components, summary)
+    paths = write_report(Path(args.out), result, components, summary, origin)
     print(f"\nreport: {paths['json']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else ""))
-    print(summary)
+    for key, value in summary.items():
+        print(f"{key}: {value}")
     return 1 if failures else 0
 
 

@@ -7,42 +7,18 @@ module alone decides how they are presented.
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from bench.latency import percentiles_ms  # noqa: F401  (the component benchmarks import it here)
 
-CELL_KEYS = (
-    "arch", "model", "seq_len", "qps_target", "qps_achieved",
-    "p50_ms", "p95_ms", "p99_ms", "errors", "candidates",
-)
-
-
-def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99 (and mean, max) in milliseconds of latencies given in seconds."""
-    if len(latencies_s) == 0:
-        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan"),
-                "mean_ms": float("nan"), "max_ms": float("nan")}
-    arr = np.asarray(latencies_s, dtype=np.float64) * 1e3
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {"p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
-            "p99_ms": round(float(p99), 4), "mean_ms": round(float(arr.mean()), 4),
-            "max_ms": round(float(arr.max()), 4)}
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
+CAPACITY_KEYS = ("arch", "model", "seq_len", "slo_ms", "capacity_qps", "at_least",
+                 "first_failing_qps")
+COST_KEYS = ("arch", "model", "seq_len", "server_cpu_ms_per_request", "mflop_per_request",
+             "gflops_per_server_cpu_s", "generator_cpu_ms_per_request", "p99_ms", "unsaturated")
+CELL_KEYS = ("phase", "arch", "model", "seq_len", "qps_target", "scheduled", "error_rate",
+             "goodput_qps", "p50_ms", "p95_ms", "p99_ms", "ok_p99_ms", "saturated",
+             "server_cpu_ms_per_request", "generator_cpu_ms_per_request", "send_lag_p99_ms")
 
 
 def _fmt(value) -> str:
@@ -64,8 +40,10 @@ def markdown_table(records: Sequence[dict], keys: Sequence[str] | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def plot_latency(cells: Sequence[dict], path: Path) -> Path | None:
-    """p99 latency against target QPS, one line per (arch, model, L)."""
+def plot_latency(cells: Sequence[dict], slos_ms: Sequence[float], path: Path) -> Path | None:
+    """p99 over all scheduled requests against the offered rate of the capacity cells, one
+    line per (arch, model, L), with the SLOs drawn across."""
+    cells = [c for c in cells if c.get("phase") == "capacity"]
     if not cells:
         return None
     import matplotlib
@@ -86,9 +64,13 @@ def plot_latency(cells: Sequence[dict], path: Path) -> Path | None:
         line, marker = styles.get((arch, model), ("-.", "x"))
         ax.plot([r["qps_target"] for r in rows], [r["p99_ms"] for r in rows], linestyle=line,
                 marker=marker, color=colors.get(seq_len), label=f"{arch} {model} L={seq_len}")
-    ax.set_xlabel("target QPS (open loop)")
-    ax.set_ylabel("p99 latency (ms, log scale)")
+    for slo in slos_ms:
+        ax.axhline(slo, color="grey", linewidth=0.8)
+        ax.annotate(f"SLO {slo:g} ms", (ax.get_xlim()[0], slo), fontsize=7, color="grey")
+    ax.set_xlabel("offered rate (QPS, open loop)")
+    ax.set_ylabel("p99 of all scheduled requests (ms, log scale)")
     ax.set_yscale("log")
+    ax.set_xscale("log")
     ax.set_title("Architecture A (full model) vs B (UIC state + head), 100 candidates")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -99,23 +81,37 @@ def plot_latency(cells: Sequence[dict], path: Path) -> Path | None:
     return path
 
 
-def write_report(out_dir: Path, cells: list[dict], components: dict[str, list[dict]],
-                 summary: dict) -> dict[str, Path]:
-    """bench_results/report.json (cells + components + summary), report.md, latency.png."""
+def write_report(out_dir: Path, archab: dict, components: dict[str, list[dict]],
+                 summary: dict, provenance: dict) -> dict[str, Path]:
+    """bench_results/report.json (provenance, A/B cost, capacity and cells, components,
+    summary), report.md and latency.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_info(), "summary": summary, "cells": cells,
-              "components": components}
+    report = {"provenance": provenance, "summary": summary,
+              "archab_settings": archab.get("settings", {}),
+              "cost": archab.get("cost", []), "capacity": archab.get("capacity", []),
+              "cells": archab.get("cells", []), "components": components}
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(report, indent=2, default=float))
-    plot_path = plot_latency(cells, out_dir / "latency.png")
-    md = ["# Benchmark report", "", f"Machine: {report['machine']['cpu']}, "
-          f"{report['machine']['cores']} cores, Python {report['machine']['python']}", ""]
+    slos = archab.get("settings", {}).get("slos_ms", [])
+    plot_path = plot_latency(report["cells"], slos, out_dir / "latency.png")
+    machine, git = provenance["machine"], provenance["git"]
+    md = ["# Benchmark report", "",
+          f"Commit {git['commit'][:12]}{' (DIRTY tree)' if git['dirty'] else ''}; "
+          f"`{provenance['command']}` started {provenance['started_at']}.", "",
+          f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
+          f"Python {machine['python']}.", ""]
     if summary:
         md += ["## Headline", "", markdown_table([{"figure": k, "value": v}
                                                   for k, v in summary.items()]), ""]
-    if cells:
-        md += ["## Architecture A vs B (open loop, 100 candidates)", "",
-               markdown_table(cells, list(CELL_KEYS) + ["ab_p99_ratio"]), ""]
+    if report["capacity"]:
+        md += ["## Capacity: highest offered rate meeting the SLO (p99 of all requests, "
+               "< 1 % failures)", "", markdown_table(report["capacity"], CAPACITY_KEYS), ""]
+    if report["cost"]:
+        md += ["## Cost: model-server CPU per request (unsaturated cell)", "",
+               markdown_table(report["cost"], COST_KEYS), ""]
+    if report["cells"]:
+        md += ["## Every cell, in the order run", "", markdown_table(report["cells"], CELL_KEYS),
+               ""]
         if plot_path:
             md += ["![latency](latency.png)", ""]
     for name, records in components.items():

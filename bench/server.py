@@ -1,5 +1,6 @@
 """Model server benchmark: a DIEN head at 1 and 100 candidates over gRPC and REST, a fixed
-500 QPS open-loop run, and the server's own overhead on a trivial model.
+500 QPS open-loop run (latency from each request's scheduled send time, every request
+counted), and the server's own overhead on a trivial model.
 
 Everything runs side by side in one process tree: this process exports the models, starts
 the embedded server as a child process (`ModelServerProcess`) and drives it with the
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import percentiles_ms
+from bench.latency import ABANDONED, ERROR, OK, TIMEOUT, cell_stats, percentiles_ms
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -61,9 +62,20 @@ def export_trivial(root: Path) -> Path:
 
 
 def head_inputs(state_size: int, n: int, rng) -> dict[str, np.ndarray]:
-    return {"state": rng.normal(size=(1, state_size)).astype(np.float32),
-            "cand_item_ids": rng.integers(1, 10**6, size=n).astype(np.int64),
-            "cand_cate_ids": rng.integers(1, 10**4, size=n).astype(np.int64)}
+    """One user's head request, shaped as the model contract's `head` signature says
+    (uic.contract.SIGNATURES), so a contract change reshapes it here too."""
+    from uic.contract import SIGNATURES
+
+    dims = {"B": 1, "N": n, "S": state_size}
+    out = {}
+    for spec in SIGNATURES["head"][0]:
+        shape = tuple(dims[d] if isinstance(d, str) else d for d in spec.shape)
+        if spec.dtype.startswith("float"):
+            out[spec.name] = rng.normal(size=shape).astype(spec.dtype)
+        else:
+            high = 10**4 if "cate" in spec.name else 10**6
+            out[spec.name] = rng.integers(1, high, size=shape).astype(spec.dtype)
+    return out
 
 
 def grpc_request(model: str, inputs: dict):
@@ -89,37 +101,50 @@ def closed_loop(call, n: int, warmup: int = 20) -> tuple[list[float], float]:
     return samples, n / (time.perf_counter() - started)
 
 
-def open_loop(stub, request, qps: float, seconds: float) -> dict:
-    """Send at a fixed rate regardless of responses (no coordinated omission)."""
-    latencies, errors = [], [0]
-    lock = threading.Lock()
-    total = int(qps * seconds)
+def open_loop(stub, request, qps: float, seconds: float, timeout_s: float = 1.0) -> dict:
+    """Send at a fixed rate regardless of responses (no coordinated omission); every latency
+    runs from the request's scheduled time, and every request is counted (bench.latency)."""
+    total = max(1, int(qps * seconds))
+    outcomes: list[str | None] = [None] * total
+    latencies = [0.0] * total
     done = threading.Event()
+    lock = threading.Lock()
     pending = [total]
 
-    def finished(future, t0):
-        elapsed = time.perf_counter() - t0
+    def finished(future, i, scheduled_at):
+        latency = time.perf_counter() - scheduled_at
+        failed = future.exception() is not None
         with lock:
-            if future.exception() is None:
-                latencies.append(elapsed)
-            else:
-                errors[0] += 1
-            pending[0] -= 1
-            if pending[0] == 0:
-                done.set()
+            if outcomes[i] is None:
+                outcomes[i] = TIMEOUT if latency > timeout_s else ERROR if failed else OK
+                latencies[i] = latency
+                pending[0] -= 1
+                if pending[0] == 0:
+                    done.set()
 
-    start = time.perf_counter()
+    start = time.perf_counter() + 0.02
     for i in range(total):
-        due = start + i / qps
-        delay = due - time.perf_counter()
+        scheduled_at = start + i / qps
+        delay = scheduled_at - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        t0 = time.perf_counter()
-        future = stub.Predict.future(request, timeout=10)
-        future.add_done_callback(lambda f, t0=t0: finished(f, t0))
-    done.wait(30)
-    achieved = total / (time.perf_counter() - start)
-    return {**percentiles_ms(latencies), "ops_per_s": round(achieved, 1), "errors": errors[0]}
+        remaining = scheduled_at + timeout_s - time.perf_counter()
+        if remaining <= 0:  # the sender itself fell a whole timeout behind
+            with lock:
+                outcomes[i], latencies[i] = TIMEOUT, time.perf_counter() - scheduled_at
+                pending[0] -= 1
+            continue
+        future = stub.Predict.future(request, timeout=remaining)
+        future.add_done_callback(lambda f, i=i, at=scheduled_at: finished(f, i, at))
+    done.wait(max(0.0, start + total / qps + timeout_s + 0.5 - time.perf_counter()))
+    with lock:
+        now = time.perf_counter()
+        for i in range(total):
+            if outcomes[i] is None:
+                outcomes[i], latencies[i] = ABANDONED, now - (start + i / qps)
+    stats = cell_stats(outcomes, latencies, scheduled=total, window_s=total / qps,
+                       timeout_s=timeout_s)
+    return {**stats, "ops_per_s": stats["goodput_qps"]}
 
 
 class Rest:
@@ -220,7 +245,8 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def _print(records: list[dict]) -> None:
-    keys = ("bench", "p50_ms", "p99_ms", "ops_per_s", "errors", "overhead_p50_ms", "ratio_p50")
+    keys = ("bench", "p50_ms", "p99_ms", "ops_per_s", "error_rate", "overhead_p50_ms",
+            "ratio_p50")
     print(" | ".join(f"{k:>14}" if k != "bench" else f"{k:<40}" for k in keys))
     for record in records:
         print(" | ".join(f"{str(record.get(k, '')):>14}" if k != "bench" else f"{record[k]:<40}"
