@@ -1,11 +1,13 @@
-"""`make demo`: the whole system end to end on built-in synthetic data, in one command.
+"""`make demo`: the whole system end to end, in one command, on built-in synthetic data or
+on a real behaviour log (`--data UserBehavior.csv`, Taobao's format, or events JSONL).
 
-Steps: start an embedded Redis -> generate synthetic behaviour logs -> train small DIEN, MIMN
-and the Embedding&MLP baseline -> export version 1 -> start the model server with the
-generated models.config -> backfill every user's interest state with the Beam batch job ->
-start the Beam streaming jobs -> push live events for a few users and show their scores
-move -> score requests through the client both ways (A: behaviours + full model, B: state +
-head) -> stop everything it started.
+Steps: start an embedded Redis -> behaviour logs: synthetic ones, or training samples built
+from the log (`tf_models.data.samples`) -> train small DIEN, MIMN and the Embedding&MLP
+baseline -> export version 1 -> start the model server with the generated models.config ->
+backfill every user's interest state with the Beam batch job (on a real log: all but its
+last `--tail_events` events) -> start the Beam streaming jobs -> push live events (on a real
+log: its tail, as it happened) and show scores move -> score requests through the client
+both ways (A: behaviours + full model, B: state + head) -> stop everything it started.
 
 Every step runs the same CLI a user would run (shown before it runs), so the demo doubles
 as a walkthrough of the commands in the README.
@@ -223,6 +225,72 @@ def live_events(store, jobs, scorers, catalog, n_users: int, burst: int):
             f" (push to readable, {time.perf_counter() - t_push:.2f} s for both)")
 
 
+def split_tail(events: Path, tail: int, head_out: Path, tail_out: Path) -> int:
+    """Copy the time-ordered events.jsonl into its first lines (the backfill's input) and
+    its last `tail` lines (the events the demo streams live). Returns the lines in the tail."""
+    lines = events.read_bytes().splitlines(keepends=True)
+    cut = max(0, len(lines) - tail)
+    head_out.write_bytes(b"".join(lines[:cut]))
+    tail_out.write_bytes(b"".join(lines[cut:]))
+    return len(lines) - cut
+
+
+def stream_tail(store, jobs, scorers, tail_path: Path, catalog, n_users: int) -> None:
+    """Push the log's tail to the event stream as it happened, wait until every user's
+    states in both models have applied their tail events, and show the scores of the items
+    the busiest users went on to click, before and after."""
+    from beam_jobs import DEFAULT_STREAM
+    from beam_jobs.produce import produce
+    from uic.event_files import read_events
+
+    items_by_cat, _, _ = catalog
+    tail = list(read_events(tail_path))
+    per_user = Counter(ev.user_id for ev in tail)
+    shown = [u for u, _ in per_user.most_common(n_users)]
+    candidates = {}
+    for user in shown:
+        clicked = list(dict.fromkeys((ev.item_id, ev.category_id) for ev in tail
+                                     if ev.user_id == user))[:5]
+        others = [(items[0], cat) for cat, items in items_by_cat.items()
+                  if items and cat not in {c for _, c in clicked}][:5]
+        candidates[user] = clicked + others
+    def score(model: str, user: int):
+        return scorers[model].score(user, [i for i, _ in candidates[user]],
+                                    [c for _, c in candidates[user]])
+
+    before = {(u, m): score(m, u) for u in shown for m in SEQUENCE_MODELS}
+    applied = {(u, m): _events_applied(store, m, u) for u in per_user for m in SEQUENCE_MODELS}
+    t_push = time.perf_counter()
+    produce(store, DEFAULT_STREAM, [ev.to_json() for ev in tail], rate=0.0, progress=False)
+    for (user, model), done in applied.items():
+        wait_for_events(store, jobs[model], model, user, done + per_user[user], 300)
+    console.print(f"{len(tail)} events of {len(per_user)} users applied by both stream jobs "
+                  f"{time.perf_counter() - t_push:.2f} s after the push")
+    for user in shown:
+        table = Table(title=f"user {user}: their last {per_user[user]} events of the log, "
+                            "streamed live")
+        for col in ("candidate item", "category", "clicked in the tail"):
+            table.add_column(col)
+        for m in SEQUENCE_MODELS:
+            table.add_column(f"{m} before")
+            table.add_column(f"{m} after")
+        after = {m: score(m, user) for m in SEQUENCE_MODELS}
+        clicked = {ev.item_id for ev in tail if ev.user_id == user}
+        for j, (item, cate) in enumerate(candidates[user]):
+            row = [str(item), str(cate), "yes" if item in clicked else "no"]
+            for m in SEQUENCE_MODELS:
+                b, a = float(before[(user, m)].scores[j]), float(after[m].scores[j])
+                color = "green" if a > b else "red"
+                row += [f"{b:.3f}", f"[{color}]{a:.3f}[/{color}]"]
+            table.add_row(*row)
+        console.print(table)
+
+
+def _events_applied(store, model: str, user_id: int) -> int:
+    rec = store.read_state(model, 1, user_id)
+    return rec.events_applied if rec is not None else 0
+
+
 def latency_comparison(scorers_a, scorers_b, user_ids, items_by_cat, n_requests: int):
     rng = np.random.default_rng(0)
     cats = [c for c, items in items_by_cat.items() if items]
@@ -252,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=".demo", help="where data, runs, exports and logs go "
                         "(default: .demo; removed and recreated)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="run on this behaviour log instead of synthetic data: Taobao's "
+                        "UserBehavior.csv (user,item,category,behaviour,timestamp) or events "
+                        "JSONL; samples are built with tf_models.data.samples")
+    parser.add_argument("--tail_events", type=int, default=200,
+                        help="with --data: the log's last N events are streamed live instead "
+                        "of backfilled (default 200)")
     parser.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
     parser.add_argument("--size", choices=("paper", "tiny"), default="paper",
@@ -262,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.users < 50 or args.epochs < 1 or args.live_users < 1 or args.burst < 1:
         parser.error("--users must be >= 50 and --epochs, --live_users, --burst >= 1")
+    if args.tail_events < 1:
+        parser.error("--tail_events must be >= 1")
+    if args.data is not None and not args.data.is_file():
+        parser.error(f"--data {args.data}: no such file (give Taobao's UserBehavior.csv or an "
+                     "events JSONL file)")
 
     import shutil
 
@@ -277,13 +357,22 @@ def main(argv: list[str] | None = None) -> int:
         redis_server = stack.enter_context(EmbeddedRedis(data_dir=work / "redis"))
         console.print(f"redis-server on {redis_server.url} (data in {work / 'redis'})")
 
-        run_cli("2. Synthetic behaviour logs", ["-m", "tf_models.data.synthetic", "--out", str(data),
-                                                "--users", str(args.users)])
+        train_args: list[str] = []
+        if args.data is None:
+            run_cli("2. Synthetic behaviour logs", ["-m", "tf_models.data.synthetic", "--out",
+                                                    str(data), "--users", str(args.users)])
+        else:
+            run_cli(f"2. Training samples from {args.data}",
+                    ["-m", "tf_models.data.samples", "--log", str(args.data.resolve()), "--out",
+                     str(data), "--no_progress"])
+            trainer = json.loads((data / "samples.json").read_text())["trainer"]
+            train_args = ["--eval_fraction", repr(trainer["eval_fraction"]),
+                          "--max_len", str(trainer["max_len"])]
         for model in MODELS:
             run_cli(f"3. Train {model}", ["-m", "tf_models.train", "--model", model,
                                           "--data", str(data), "--out", str(runs / model),
                                           "--epochs", str(args.epochs), "--size", args.size,
-                                          "--verbose", "2"])
+                                          "--verbose", "2", *train_args])
         auc = Table(title="Held-out AUC (time-based split)")
         auc.add_column("model")
         auc.add_column("AUC")
@@ -302,15 +391,23 @@ def main(argv: list[str] | None = None) -> int:
 
         served = [serving_model_name(m, part) for m in SEQUENCE_MODELS for part in ("head", "full")]
         config = write_models_config(work / "models.config", {n: exports / n for n in served})
+        # the exports compile their head blocks with XLA; TF Serving runs such models only
+        # with this flag (off by default)
         server = stack.enter_context(ModelServerProcess(
-            [f"--model_config_file={config}"], log_path=work / "logs" / "model_server.log"))
+            [f"--model_config_file={config}", "--xla_cpu_compilation_enabled=true"],
+            log_path=work / "logs" / "model_server.log"))
         console.print(f"serving {served}: gRPC {server.grpc_target}, REST {server.rest_url} "
                       "(same flags as tensorflow_model_server)")
 
-        events = data / "events.jsonl"
+        events = backfill_events = data / "events.jsonl"
+        if args.data is not None:
+            backfill_events, tail_events = work / "backfill_events.jsonl", work / "tail_events.jsonl"
+            n_tail = split_tail(events, args.tail_events, backfill_events, tail_events)
+            console.print(f"the log's last {n_tail} events are kept for the live stream "
+                          f"({tail_events}); the rest is backfilled")
         for model in SEQUENCE_MODELS:
             run_cli(f"6. Backfill {model} states (Beam batch)",
-                    ["-m", "beam_jobs.backfill", "--events", str(events), "--model", model,
+                    ["-m", "beam_jobs.backfill", "--events", str(backfill_events), "--model", model,
                      "--version", "1", "--saved_models", str(exports), "--redis_url", redis_server.url,
                      "--dead_letter", str(work / "logs" / f"dead-{model}.jsonl")])
 
@@ -334,9 +431,13 @@ def main(argv: list[str] | None = None) -> int:
                                                    arch="A", history_length=1000,
                                                    deadline_ms=30000))
                      for m in SEQUENCE_MODELS}
-        console.rule("[bold cyan]8. Live events change the scores")
         catalog = read_catalog(events)
-        live_events(store, jobs, scorers_b, catalog, args.live_users, args.burst)
+        if args.data is None:
+            console.rule("[bold cyan]8. Live events change the scores")
+            live_events(store, jobs, scorers_b, catalog, args.live_users, args.burst)
+        else:
+            console.rule("[bold cyan]8. The log's tail, streamed live, changes the scores")
+            stream_tail(store, jobs, scorers_b, tail_events, catalog, args.live_users)
 
         console.rule("[bold cyan]9. Architecture A vs B through the client")
         items_by_cat, user_cats, _ = catalog

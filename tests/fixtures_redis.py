@@ -1,11 +1,13 @@
 """Real Redis for the tests: one redis-server per test session, a clean database per test.
 
 Fixtures:
-* ``redis_server``  (session)  - a started `devkit.redis_server.EmbeddedRedis`
+* ``redis_server``  (session)  - a started `devkit.redis_server.EmbeddedRedis`, ephemeral (no
+  AOF): every test starts from FLUSHALL anyway, so persistence would only add fsyncs and
+  AOF rewrites. Durability itself is tested in tests/foundation/test_embedded_redis.py.
 * ``redis_url``     (function) - its URL (``redis://127.0.0.1:<port>/0``); FLUSHALL before each test
 * ``redis_client``  (function) - a ``redis.Redis`` on that URL (binary replies)
-* ``redis_cluster`` (session)  - a 3-node local Redis Cluster (`EmbeddedRedisCluster`), started
-  on first use; tests that use it clean the keys they write.
+* ``redis_cluster`` (session)  - a 3-node local Redis Cluster (`EmbeddedRedisCluster`,
+  ephemeral), started on first use; tests that use it clean the keys they write.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from uic.store import open_redis
 
 @pytest.fixture(scope="session")
 def redis_server():
-    server = EmbeddedRedis().start()
+    server = EmbeddedRedis(ephemeral=True).start()
     try:
         yield server
     finally:
@@ -44,7 +46,7 @@ def redis_client(redis_url):
 
 @pytest.fixture(scope="session")
 def redis_cluster():
-    cluster = EmbeddedRedisCluster(nodes=3).start()
+    cluster = EmbeddedRedisCluster(nodes=3, ephemeral=True).start()
     try:
         yield cluster
     finally:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import time
 
+import numpy as np
+import psutil
 import pytest
 import redis
 
 from devkit.ports import free_port
 from devkit.redis_server import EmbeddedRedis, EmbeddedRedisError, find_redis_server
-from uic.store import open_redis
+from uic.events import Event
+from uic.store import connect, open_redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,18 +49,6 @@ def test_start_stop_with_password(tmp_path):
         quick(f"redis://127.0.0.1:{server.port}/0").ping()
 
 
-def test_data_survives_a_restart_only_when_persisted_and_saved(tmp_path):
-    with EmbeddedRedis(data_dir=tmp_path, persist=True) as server:
-        server.client().set("kept", "1")
-        server.stop(save=True)
-        server.start()
-        assert server.client().get("kept") == b"1"
-        server.client().set("dropped", "1")  # the default stop is SHUTDOWN NOSAVE
-    with EmbeddedRedis(data_dir=tmp_path, persist=True) as server:
-        assert server.client().get("kept") == b"1"
-        assert server.client().get("dropped") is None
-
-
 def test_temporary_data_dir_is_removed():
     server = EmbeddedRedis().start()
     data_dir = server.data_dir
@@ -84,27 +77,36 @@ def test_missing_binary_and_bad_port():
         EmbeddedRedis(port=70000)
 
 
-def _cli(*args):
+def _cli(*args, password: str | None = None):
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    if password is not None:
+        env["REDIS_PASSWORD"] = password
     return subprocess.run([sys.executable, "-m", "devkit.redis_server", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
 
 
-def test_cli_start_status_stop(tmp_path):
+def test_cli_start_status_stop_and_restart_keeps_the_data(tmp_path):
     port = free_port()
-    common = ["--port", str(port), "--dir", str(tmp_path), "--password", "pw"]
-    started = _cli("start", *common)
+    common = ["--port", str(port), "--dir", str(tmp_path)]
+    url = f"redis://:pw@127.0.0.1:{port}/0"
+    started = _cli("start", *common, password="pw")
     try:
         assert started.returncode == 0, started.stderr
-        assert f"127.0.0.1:{port}" in started.stdout
-        assert quick(f"redis://:pw@127.0.0.1:{port}/0").ping()  # outlives the CLI process
-        status = _cli("status", *common)
-        assert status.returncode == 0 and "up on" in status.stdout
-        wrong = _cli("status", "--port", str(port), "--password", "nope")
+        assert f"127.0.0.1:{port}" in started.stdout and "appendfsync everysec" in started.stdout
+        assert "pw" not in " ".join(psutil.Process(int((tmp_path / "redis.pid").read_text()))
+                                    .cmdline())
+        quick(url).set("kept", "1")  # the server outlives the CLI process
+        status = _cli("status", *common, password="pw")
+        assert status.returncode == 0 and "up on" in status.stdout and "AOF on" in status.stdout
+        wrong = _cli("status", *common, password="nope")
         assert wrong.returncode == 1 and "rejected the password" in wrong.stderr
-        again = _cli("start", *common)
+        again = _cli("start", *common, password="pw")
         assert again.returncode == 1 and "already in use" in again.stderr
+        assert _cli("stop", *common, password="pw").returncode == 0
+        assert _cli("start", *common, password="pw").returncode == 0
+        assert quick(url).get("kept") == b"1"
     finally:
-        stopped = _cli("stop", *common)
+        stopped = _cli("stop", *common, password="pw")
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped" in stopped.stdout
     down = _cli("status", *common)
@@ -112,7 +114,103 @@ def test_cli_start_status_stop(tmp_path):
 
 
 def test_cli_help_and_bad_args():
-    assert "start" in _cli("--help").stdout
+    usage = " ".join(_cli("--help").stdout.split())
+    assert "start" in usage and "loses about the last second" in usage and "--ephemeral" in usage
     bad = _cli("start", "--port", "99999")
     assert bad.returncode == 2 and "--port must be in 1..65535" in bad.stderr
     assert _cli("restart").returncode == 2
+
+
+# -- durability: what survives a crash (SIGKILL, no SHUTDOWN) --------------------------------
+STREAM, GROUP, DEAD = "uic:events", "uic-dien", "uic:dead"
+
+
+def write_everything(store, tag: str, user_id: int) -> None:
+    """One of each kind of state the system keeps in Redis: an interest state, a behaviour
+    list, the event stream with an entry pending in a consumer group, a dead letter and the
+    active-version pointer."""
+    store.write_state("dien", 1, user_id, np.full(4, user_id, np.float32), 3, 1000 + user_id,
+                      f"{tag}-e")
+    store.append_behaviours([Event(user_id, 7, 8, "pv", 1000 + user_id, f"{tag}-b")])
+    store.create_group(STREAM, GROUP, "0")
+    store.add_to_stream(STREAM, [{"tag": tag}])
+    store.read_new(STREAM, GROUP, "worker", count=100)  # delivered, not acked: pending
+    store.add_to_stream(DEAD, [{"tag": tag}])
+    store.set_active_version("dien", user_id)
+
+
+def assert_everything_there(store, tag: str, user_id: int) -> None:
+    state = store.read_state("dien", 1, user_id)
+    assert state is not None and state.last_event_id == f"{tag}-e"
+    assert state.state.tolist() == [float(user_id)] * 4
+    assert f"{tag}-b" in [ev.event_id for ev in store.read_behaviours(user_id, 10)]
+    pending = store.read_pending(STREAM, GROUP, "worker", count=100)
+    assert {"tag": tag.encode()} in [entry.fields for entry in pending]
+    dead = store.client.xrange(DEAD)
+    assert {b"tag": tag.encode()} in [fields for _, fields in dead]
+
+
+def test_a_crash_with_appendfsync_always_loses_no_acknowledged_write(tmp_path):
+    server = EmbeddedRedis(data_dir=tmp_path, appendfsync="always").start()
+    try:
+        write_everything(connect(server.url), "last", 42)
+        server.kill()  # SIGKILL: no SHUTDOWN, no final flush
+        server.start()
+        store = connect(server.url)
+        assert_everything_there(store, "last", 42)
+        assert store.get_active_version("dien") == 42
+    finally:
+        server.stop()
+
+
+def test_a_crash_with_everysec_keeps_writes_older_than_the_fsync_window(tmp_path):
+    """everysec fsyncs about once a second; writes older than two seconds are on disk."""
+    server = EmbeddedRedis(data_dir=tmp_path).start()
+    try:
+        assert server.appendfsync == "everysec"
+        write_everything(connect(server.url), "old", 1)
+        time.sleep(2.5)  # let the background fsync run (the documented window is ~1 s)
+        write_everything(connect(server.url), "recent", 2)  # may or may not survive
+        server.kill()
+        server.start()
+        assert_everything_there(connect(server.url), "old", 1)
+    finally:
+        server.stop()
+
+
+def test_a_clean_stop_keeps_everything_and_ephemeral_keeps_nothing(tmp_path):
+    with EmbeddedRedis(data_dir=tmp_path / "durable") as server:
+        write_everything(connect(server.url), "clean", 5)
+        server.stop()
+        server.start()
+        assert_everything_there(connect(server.url), "clean", 5)
+        info = server.client().info("persistence")
+        assert info["aof_enabled"] == 1 and info["loading"] == 0
+    with EmbeddedRedis(data_dir=tmp_path / "ephemeral", ephemeral=True) as server:
+        write_everything(connect(server.url), "gone", 5)
+        assert server.client().info("persistence")["aof_enabled"] == 0
+        server.stop()
+        server.start()
+        assert server.client().dbsize() == 0
+
+
+def test_the_password_is_in_no_command_line_nor_log(tmp_path):
+    secret = "pw-" + "x7Kq2"  # built at run time, so this file's own text is no match
+    with EmbeddedRedis(data_dir=tmp_path, password=secret) as server:
+        assert open_redis(server.url).ping()
+        # redis-server rewrites its /proc title once up, so check what it was started with too
+        assert secret not in " ".join(server.process.argv)
+        assert secret not in " ".join(psutil.Process(server.process.pid).cmdline())
+        assert stat.S_IMODE(server.config_file.stat().st_mode) == 0o600
+        assert f'requirepass "{secret}"' in server.config_file.read_text()
+    assert secret not in server.log_file.read_text()
+
+
+def test_config_values_are_quoted_and_control_characters_refused(tmp_path):
+    odd = 'a b"c\\d #e'
+    with EmbeddedRedis(data_dir=tmp_path, password=odd) as server:
+        assert open_redis(server.url).ping()
+    with pytest.raises(EmbeddedRedisError, match="control characters"):
+        EmbeddedRedis(data_dir=tmp_path, password="a\nrequirepass b").start()
+    with pytest.raises(EmbeddedRedisError, match="appendfsync must be one of"):
+        EmbeddedRedis(appendfsync="no")
