@@ -71,7 +71,7 @@ export: setup
 	$(PY) -m tf_models.export --run runs/mlp  --out $(MODELS) --version $(VERSION)
 
 serve: setup
-	$(PY) -m model_server.launch --model_config_file=serving_configs/models.config \
+	$(PY) -m model_server.launch --model_config_file=serving_configs/models.config --enable_batching \
 	    --batching_parameters_file=serving_configs/batching.config \
 	    --monitoring_config_file=serving_configs/monitoring.config
 

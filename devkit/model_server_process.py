@@ -44,6 +44,10 @@ class ModelServerProcess:
             args.append(f"--port={free_port()}")
         if _flag_value(args, "rest_api_port") is None:
             args.append(f"--rest_api_port={free_port()}")
+        if _flag_value(args, "xla_cpu_compilation_enabled") is None:
+            # the project's exports are XLA-compiled; like TF Serving, the server refuses them
+            # unless the flag is on
+            args.append("--xla_cpu_compilation_enabled=true")
         self.args = args
         self.grpc_port = int(_flag_value(args, "port"))
         self.rest_port = int(_flag_value(args, "rest_api_port")) or None
@@ -111,7 +115,7 @@ class ModelServerProcess:
             pending.remove(name)
         return True
 
-    def stop(self, timeout: float = 10) -> int | None:
+    def stop(self, timeout: float = 15) -> int | None:
         """SIGTERM, up to `timeout` s to drain, then SIGKILL; returns the exit code."""
         return self.process.stop(timeout)
 

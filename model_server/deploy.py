@@ -42,10 +42,13 @@ def container_config(config_file: Path, saved_models: Path, models_mount: str,
     return config
 
 
-def server_args(batching: bool, monitoring: bool, poll_seconds: int) -> list[str]:
+def server_args(batching: bool, monitoring: bool, poll_seconds: int, xla: bool = False
+                ) -> list[str]:
     args = ["--port=8500", "--rest_api_port=8501",
             f"--model_config_file={CONFIG_MOUNT}/models.config",
             f"--model_config_file_poll_wait_seconds={poll_seconds}"]
+    if xla:  # exports compiled with jit_compile=True fail in TF Serving without it
+        args.append("--xla_cpu_compilation_enabled=true")
     if monitoring:
         args.append(f"--monitoring_config_file={CONFIG_MOUNT}/monitoring.config")
     if batching:
@@ -161,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                              "file's directory")
     parser.add_argument("--image", default="tensorflow/serving:latest",
                         help="serving image; pin a release tag in production (default %(default)s)")
-    parser.add_argument("--enable_batching", action="store_true",
-                        help="pass --enable_batching and the batching file (row-aligned "
-                             "signatures only)")
+    parser.add_argument("--enable_batching", action=argparse.BooleanOptionalAction,
+                        default=True, help="pass --enable_batching and the batching file "
+                        "(default on: contract v2 heads and full models batch)")
     parser.add_argument("--config_poll_seconds", type=int, default=60,
                         help="--model_config_file_poll_wait_seconds in the container")
     parser.add_argument("--publish_address", default="127.0.0.1",
@@ -197,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         files["batching.config"] = Path(opts.batching_parameters_file).read_text()
     for key, text in files.items():
         (out / key).write_text(text)
-    args = server_args(opts.enable_batching, monitoring, opts.config_poll_seconds)
+    from model_server.launch import exports_use_xla
+
+    xla = exports_use_xla(opts.model_config_file, opts.model_base_path_prefix)
+    args = server_args(opts.enable_batching, monitoring, opts.config_poll_seconds, xla)
     command = docker_command(opts.image, saved_models, out, opts.models_mount, args, opts.name,
                              opts.publish_address)
     script = out / "docker-run.sh"

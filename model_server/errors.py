@@ -49,16 +49,17 @@ class StartupError(Exception):
 class ServingError(Exception):
     """A failure with a TF canonical status code (e.g. "NOT_FOUND") and message."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, http_status: int | None = None):
         if code not in _CODES:
             raise ValueError(f"unknown status code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
+        self._http_status = http_status  # overrides the code's usual HTTP status
 
     @property
     def http_status(self) -> int:
-        return _CODES[self.code][1]
+        return self._http_status or _CODES[self.code][1]
 
     @property
     def grpc_code(self) -> grpc.StatusCode:

@@ -69,7 +69,8 @@ FLAGS = (
     ("prefer_tflite_model", bool, False, "accepted; TFLite is not supported"),
     ("enable_serialization_as_tensor_content", bool, False,
      "answer gRPC with tensor_content instead of typed value fields"),
-    ("xla_cpu_compilation_enabled", bool, False, "accepted and ignored"),
+    ("xla_cpu_compilation_enabled", bool, False, "run models compiled with XLA "
+     "(jit_compile=True); without it such a model fails to load with a status saying so"),
     # --- this server's own flags ----------------------------------------------------
     ("bind_address", str, "127.0.0.1", "[embedded server only] address to listen on "
      "(TF Serving listens on all interfaces; use 0.0.0.0 for that)"),
@@ -93,6 +94,14 @@ FLAGS = (
     ("grpc_max_receive_message_bytes", int, 64 * MIB, "[embedded server only] largest gRPC "
      "request (TF Serving: INT32_MAX; a grpc.max_receive_message_length channel argument "
      "overrides it)"),
+    ("max_concurrent_requests_per_model", int, 0, "[embedded server only] requests of one "
+     "model running at once (0: 2 x cores, or what one round of batches holds when batching "
+     "is on)"),
+    ("max_queued_requests_per_model", int, 2 * _CPUS, "[embedded server only] requests of "
+     "one model waiting for a slot; more get RESOURCE_EXHAUSTED (REST 503) at once"),
+    ("shutdown_grace_period_in_ms", int, 10000, "[embedded server only] on SIGTERM: health "
+     "turns NOT_SERVING, new requests are refused, and requests in flight get this long to "
+     "finish before the server exits"),
     ("log_level", str, "INFO", "[embedded server only] Python logging level"),
 )
 

@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (
 )
 
 from model_server import inference
+from model_server.admission import Admission
 from model_server.errors import CODE_NUMBERS, ServingError, from_tf_exception, invalid
 from model_server.options import GrpcOptions
 from model_server.status import model_status_response
@@ -59,20 +60,23 @@ def _model_spec(request):
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager, metrics, options: GrpcOptions):
+    def __init__(self, manager, metrics, options: GrpcOptions, admission: Admission):
         self.manager = manager
         self.metrics = metrics
+        self.admission = admission
         self.tensor_content = options.tensor_content
         self.limits = options.limits
 
     def _call(self, api: str, request, context, run):
-        """Resolve the model, `run(loaded, request, timeout)`, and count the request."""
+        """Resolve the model, take one of its slots, `run(loaded, request, timeout)`, and
+        count the request."""
         started = time.monotonic()
         name = request.model_spec.name if request.HasField("model_spec") else ""
         status = "OK"
         try:
             loaded = self.manager.resolve_spec(_model_spec(request))
-            return run(loaded, request, _timeout(context))
+            with self.admission.slot(name, _timeout(context)):
+                return run(loaded, request, _timeout(context))
         except Exception as exc:  # noqa: BLE001 - never let a request kill the server
             error = _as_status(exc, api)
             status = error.code
@@ -98,8 +102,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                           lambda m, r, t: inference.regress(m, r, t, self.limits))
 
     def MultiInference(self, request, context):
-        return _answer(context, "MultiInference", inference.multi_inference,
-                       self.manager.resolve_spec, request, _timeout(context), self.limits)
+        return _answer(context, "MultiInference", self._multi_inference, request, context)
+
+    def _multi_inference(self, request, context):
+        name = request.tasks[0].model_spec.name if request.tasks else ""
+        with self.admission.slot(name, _timeout(context)):
+            return inference.multi_inference(self.manager.resolve_spec, request,
+                                             _timeout(context), self.limits)
 
     def GetModelMetadata(self, request, context):
         return _answer(context, "GetModelMetadata", self._metadata, request)
@@ -160,9 +169,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_services(grpc_server: grpc.Server, manager, metrics, options: GrpcOptions,
-                 reload_config) -> None:
+                 reload_config, admission: Admission) -> None:
     """Register PredictionService and ModelService on `grpc_server`."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, metrics, options), grpc_server)
+        PredictionServicer(manager, metrics, options, admission), grpc_server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(manager, metrics, reload_config), grpc_server)

@@ -139,6 +139,8 @@ class HttpServer:
         self._stopped: asyncio.Event | None = None
         self._started = threading.Event()
         self._open = 0
+        self._busy = 0  # requests read and not yet answered
+        self._grace_s = 0.0
         # connections waiting for a request line (evictable), oldest first
         self._waiting: collections.OrderedDict = collections.OrderedDict()
 
@@ -161,18 +163,23 @@ class HttpServer:
         self._started.set()
         await self._stopped.wait()
         server.close()
-        # close every connection while the loop still runs
+        # let requests in progress send their responses, then close every connection
+        deadline = self._loop.time() + self._grace_s
+        while self._busy and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Stop listening; requests in progress get up to `grace_s` to be answered."""
         if self._thread is None:
             return
+        self._grace_s = grace_s
         self._loop.call_soon_threadsafe(self._stopped.set)
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=grace_s + 5)
         self._thread = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -203,8 +210,8 @@ class HttpServer:
             while await self._exchange(reader, writer):
                 pass
         except (ConnectionError, OSError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError, TimeoutError):
-            pass  # the client went away, was too slow or sent garbage: nothing to answer
+                asyncio.LimitOverrunError, TimeoutError, asyncio.CancelledError):
+            pass  # the client went away, was too slow or sent garbage, or the server stops
         finally:
             self._open -= 1
             self._waiting.pop(writer, None)
@@ -239,9 +246,13 @@ class HttpServer:
                 408, f"Request body not received within {self.limits.body_timeout_s:g} s",
                 close=True))
             return False
-        response = await self._loop.run_in_executor(self._pool, self._handle, request)
-        await self._send(writer, request, response)
-        return not response.close and _keep_alive(request)
+        self._busy += 1
+        try:
+            response = await self._loop.run_in_executor(self._pool, self._handle, request)
+            await self._send(writer, request, response)
+        finally:
+            self._busy -= 1
+        return not response.close and _keep_alive(request) and not self._stopped.is_set()
 
     @staticmethod
     async def _linger(reader) -> None:

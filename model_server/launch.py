@@ -5,7 +5,9 @@ base paths in models.config are rewritten to absolute ones in a temporary copy (
 rejects relative paths), and the embedded server's own flags are left out (TF Serving would
 report them as unknown). Defaults match the tensorflow/serving Docker image (gRPC 8500,
 REST 8501). A batching file without --enable_batching is dropped with a note, because TF
-Serving refuses to start with that combination and batching is off by default.
+Serving refuses to start with that combination and batching is off by default. When the
+newest export of any configured model is compiled with XLA, `--xla_cpu_compilation_enabled=true`
+is added (TF Serving runs such models only with it).
 
 `tensorflow_model_server` has no flag for the listen address: it always listens on every
 interface. So the real binary runs only with `--bind_address=0.0.0.0` (saying that is
@@ -81,6 +83,29 @@ def _warn_missing_versions(config_file: str, prefix: str | None) -> None:
                   file=sys.stderr)
 
 
+def exports_use_xla(config_file: str, prefix: str | None = None) -> bool:
+    """Whether the newest version of any model in the config was compiled with XLA, so the
+    server needs --xla_cpu_compilation_enabled=true (TF Serving's default is false)."""
+    from model_server.config import list_versions, read_models_config_resolved
+    from model_server.errors import ServingError
+    from model_server.servable import read_meta_graph, uses_xla
+
+    try:
+        config = read_models_config_resolved(config_file, prefix)
+    except Exception:  # noqa: BLE001 - the server reports a bad config properly
+        return False
+    for entry in config.model_config_list.config:
+        versions = list_versions(entry.base_path) or {}
+        if not versions:
+            continue
+        try:
+            if uses_xla(read_meta_graph(versions[max(versions)], {"serve"})):
+                return True
+        except ServingError:
+            continue
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m model_server.launch",
@@ -96,13 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         args.append("--rest_api_port=8501")
     if _value(args, "batching_parameters_file") and not _enabled(args, "enable_batching"):
         print("launch: batching is off (TF Serving's default); ignoring "
-              "--batching_parameters_file. Add --enable_batching to use it (only row-aligned "
-              "signatures can be batched; see docs/model_server.md, 'Batching').", file=sys.stderr)
+              "--batching_parameters_file. Add --enable_batching to use it (see "
+              "docs/model_server.md, 'Batching').", file=sys.stderr)
         args = _drop(args, "batching_parameters_file")
     config_file = _value(args, "model_config_file")
     prefix = _value(args, "model_base_path_prefix")
     if config_file:
         _warn_missing_versions(config_file, prefix)
+        if _value(args, "xla_cpu_compilation_enabled") is None and \
+                "--xla_cpu_compilation_enabled" not in args and \
+                exports_use_xla(config_file, prefix):
+            print("launch: the exports are compiled with XLA; passing "
+                  "--xla_cpu_compilation_enabled=true", file=sys.stderr)
+            args.append("--xla_cpu_compilation_enabled=true")
     binary = shutil.which(BINARY)
     if binary and not ours.embedded:
         bind = _value(args, "bind_address") or "127.0.0.1"

@@ -3,7 +3,9 @@
 The manager owns every servable's lifecycle: it polls each base path, applies the version
 policy, loads and warms up new versions, then publishes them and unloads what is no longer
 aspired, always loading the new version before unloading the old one (TF Serving's
-availability-preserving policy). Requests never take its lock: they read an immutable
+availability-preserving policy). Loads (and their retries) run on a thread per model, outside
+the manager's lock, so a model whose load keeps failing never holds up another model, a
+config reload or the file poller. Requests never take its lock: they read an immutable
 per-model snapshot that is swapped in one assignment, and a request that already holds a
 version keeps it alive until it finishes, so a swap never fails a request. Version
 policies and labels: docs/model_server.md, 'Models and versions'.
@@ -56,6 +58,8 @@ class ModelState:
         self.versions: dict[int, VersionStatus] = {}
         self.failed_paths: set[str] = set()
         self.missing_logged = False  # "base path does not exist" is logged once, not per poll
+        self.loading = False         # one load at a time per model (its loader thread)
+        self.retired = threading.Event()  # stops the retries of a removed model
 
     @property
     def name(self) -> str:
@@ -63,15 +67,17 @@ class ModelState:
 
 
 class ModelManager:
-    def __init__(self, options: ManagerOptions, metrics=None, batching=None):
+    def __init__(self, options: ManagerOptions, metrics=None, batching=None, readiness=None):
         self.options = options
         self.metrics = metrics
         self.batching = batching
+        self.readiness = readiness
         self.serving: dict[str, Serving] = {}      # read by requests without a lock
         self.states: dict[str, ModelState] = {}    # every model ever configured (for status)
         self.configured: list[str] = []
         self.config = cfg.ModelServerConfig()
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # a load finished
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -118,9 +124,10 @@ class ModelManager:
         return [state.versions[v] for v in sorted(state.versions, reverse=True)]
 
     # ------------------------------------------------------------------ configuration
-    def apply_config(self, config, *, initial: bool = False, wait_timeout: float | None = None
-                     ) -> None:
-        """Replace the model list (TF Serving's ReloadConfig); blocks until new models serve."""
+    def apply_config(self, config, *, initial: bool = False, wait_timeout: float | None = None,
+                     wait: bool = True) -> None:
+        """Replace the model list (TF Serving's ReloadConfig). With `wait`, block (without
+        the lock) until the new models serve or their loads failed for good."""
         with self._lock:
             cfg.validate_config(config, self.config)
             if config.WhichOneof("config") is None:
@@ -149,6 +156,8 @@ class ModelManager:
             for name in self.configured:
                 self._reconcile(self.states[name])
                 self._publish(self.states[name])
+        if not wait:
+            return
         self._wait_available(new_models, wait_timeout)
         if initial:
             with self._lock:
@@ -174,7 +183,8 @@ class ModelManager:
                     f"not currently available for inference")
 
     def _wait_available(self, names, timeout) -> None:
-        """Wait until each model has an AVAILABLE version or its newest load failed for good."""
+        """Wait until every aspired version of each model is AVAILABLE or failed for good;
+        fail if a model has none AVAILABLE then."""
         deadline = None if timeout is None else time.monotonic() + timeout
         warned = set()
         while True:
@@ -183,14 +193,13 @@ class ModelManager:
                 state = self.states.get(name)
                 if state is None or name not in self.configured:
                     continue
-                if any(v.state == AVAILABLE for v in state.versions.values()):
-                    continue
-                aspired = self._aspired(state)
-                errors = [v for v in state.versions.values() if v.state == END and
-                          v.error_code != "OK" and aspired is not None and v.version in aspired]
-                if errors and all(state.versions.get(v) is not None and
-                                  state.versions[v].state == END for v in aspired):
-                    failed[name] = errors[0].error_message
+                aspired = self._aspired(state) or set()
+                done = [state.versions[v] for v in aspired if v in state.versions and
+                        state.versions[v].state in (AVAILABLE, END)]
+                if aspired and len(done) == len(aspired) and not state.loading:
+                    if not any(v.state == AVAILABLE for v in done):
+                        failed[name] = next((v.error_message for v in done if v.error_message),
+                                            "unloaded")
                 else:
                     pending.append(name)
                     if name not in warned and not aspired:
@@ -205,9 +214,10 @@ class ModelManager:
                 return
             if self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
                 raise ServingError("UNAVAILABLE", f"models still loading: {pending}")
-            time.sleep(max(min(self.options.file_system_poll_wait_seconds, 1.0), 0.1))
             with self._lock:
-                for name in pending:
+                self._changed.wait(max(min(self.options.file_system_poll_wait_seconds, 1.0),
+                                       0.1))
+                for name in pending:  # versions may have appeared on disk meanwhile
                     if name in self.states:
                         self._reconcile(self.states[name])
                         self._publish(self.states[name])
@@ -236,6 +246,8 @@ class ModelManager:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lock:
+            self._changed.notify_all()
         if self._poller is not None:
             self._poller.join(timeout=5)
 
@@ -259,12 +271,13 @@ class ModelManager:
         for version in sorted(aspired, reverse=True):
             current = state.versions.get(version)
             path = listed[version]
+            if state.loading:
+                break  # the loader thread reconciles again when it is done
             if current is not None and current.state in (LOADING, AVAILABLE):
                 continue
             if str(path) in state.failed_paths:
                 continue
-            self._load(state, version, path)
-            self._publish(state)
+            self._start_load(state, version, path)
         serving = [v for v, s in state.versions.items() if s.state == AVAILABLE]
         unaspired = sorted(v for v in serving if v not in aspired)
         any_aspired_available = any(v in aspired for v in serving)
@@ -277,14 +290,46 @@ class ModelManager:
         # forget failures of versions that are no longer on disk, so a re-export retries
         state.failed_paths &= {str(p) for p in listed.values()}
 
-    def _load(self, state: ModelState, version: int, path: Path) -> None:
+    def _start_load(self, state: ModelState, version: int, path: Path) -> None:
+        """Mark `version` LOADING and load it on its own thread (lock held)."""
         status = VersionStatus(version, path, LOADING)
         state.versions[version] = status
+        state.loading = True
+        threading.Thread(target=self._load, args=(state, status), daemon=True,
+                         name=f"load_{state.name}_{version}").start()
+
+    def _load(self, state: ModelState, status: VersionStatus) -> None:
+        """Load, warm up and retry without the lock; then publish under it."""
+        loaded = self._load_with_retries(state, status)
+        with self._lock:
+            state.loading = False
+            current = (status.state == LOADING and not state.retired.is_set()
+                       and self.states.get(state.name) is state)
+            if loaded is not None and current:
+                status.loaded = loaded
+                status.error_code, status.error_message = "OK", ""
+                status.state = AVAILABLE
+            else:
+                if loaded is not None and self.batching is not None:
+                    self.batching.detach(loaded)  # retired while loading
+                if status.state == LOADING:
+                    status.state = END
+                if loaded is None:
+                    state.failed_paths.add(str(status.path))
+            if not state.retired.is_set() and not self._stop.is_set():
+                self._reconcile(state)
+                self._publish(state)
+            self._changed.notify_all()
+
+    def _load_with_retries(self, state: ModelState, status: VersionStatus
+                           ) -> LoadedModel | None:
+        version, path = status.version, status.path
         attempts = max(self.options.max_num_load_retries, 0) + 1
         for attempt in range(attempts):
             started = time.monotonic()
             try:
-                loaded = load_model(state.name, version, path, self.options.saved_model_tags)
+                loaded = load_model(state.name, version, path, self.options.saved_model_tags,
+                                    self.options.xla_cpu_compilation_enabled)
                 if self.batching is not None:
                     self.batching.attach(loaded)
                 if self.options.enable_model_warmup:
@@ -296,25 +341,22 @@ class ModelManager:
                 log.error("Loading servable: {name: %s version: %d} failed: %s",
                           state.name, version, exc.message)
                 status.error_code, status.error_message = exc.code, exc.message
-                if attempt + 1 < attempts and not self._stop.wait(
-                        self.options.load_retry_interval_micros / 1e6):
+                interval = self.options.load_retry_interval_micros / 1e6
+                if attempt + 1 < attempts and not self._stop.is_set() and not \
+                        state.retired.wait(interval) and not self._stop.is_set():
                     log.info("Retrying load of %s version %d (attempt %d of %d)", state.name,
                              version, attempt + 2, attempts)
                     continue
-                status.state = END
-                state.failed_paths.add(str(path))
-                return
+                return None
             micros = (time.monotonic() - started) * 1e6
             if self.metrics is not None:
                 # load_latency is the SavedModel load itself (TF's loader), not the warm-up
                 self.metrics.load(str(path), True, sum(loaded.stage_micros.values()),
                                   loaded.stage_micros)
-            status.loaded = loaded
-            status.error_code, status.error_message = "OK", ""
-            status.state = AVAILABLE
             log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms",
                      state.name, version, micros / 1e3)
-            return
+            return loaded
+        return None
 
     def _unload(self, state: ModelState, version: int) -> None:
         status = state.versions[version]
@@ -329,10 +371,13 @@ class ModelManager:
 
     def _retire(self, name: str) -> None:
         state = self.states[name]
+        state.retired.set()
         for version, status in list(state.versions.items()):
             if status.state in (AVAILABLE, LOADING):
                 self._unload(state, version)
         self.serving.pop(name, None)
+        if self.readiness is not None:
+            self.readiness.set_model(name, False)
 
     def _publish(self, state: ModelState) -> None:
         """Swap in the snapshot requests read for this model (see `resolve`)."""
@@ -343,3 +388,5 @@ class ModelManager:
         latest = versions[max(versions)] if versions else None
         labels = dict(state.entry.version_labels)
         self.serving[state.name] = Serving(versions, latest, labels)
+        if self.readiness is not None:
+            self.readiness.set_model(state.name, latest is not None)

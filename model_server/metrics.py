@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # TF Serving's request latency buckets: 10 * 1.8^i microseconds, i < 33
 LATENCY_BUCKETS_US = tuple(10 * 1.8**i for i in range(33))
@@ -54,6 +54,12 @@ class ServerMetrics:
             _PREFIX + "batching_session:wrapped_run_count", "batched runs", [], registry=reg)
         self._children: dict[tuple, object] = {}
         self._lock = threading.Lock()
+
+    def track_in_flight(self, count) -> None:
+        """Export `count()` (requests admitted and not finished, all models) as a gauge."""
+        gauge = Gauge(":uic:model_server:requests_in_flight", "requests running or queued",
+                      registry=self.registry)
+        gauge.set_function(count)
 
     def _child(self, metric, labels: tuple):
         key = (id(metric), labels)

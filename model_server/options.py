@@ -59,6 +59,7 @@ class ManagerOptions:
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60_000_000
     saved_model_tags: tuple[str, ...] = ("serve",)
+    xla_cpu_compilation_enabled: bool = False  # else XLA-compiled models fail to load
     allow_version_labels_for_unavailable_models: bool = False
 
 
@@ -80,6 +81,9 @@ class ServerOptions:
     batching_parameters_file: str = ""
     intra_op_threads: int = 0          # 0: TensorFlow's default
     inter_op_threads: int = 0
+    max_concurrent_requests_per_model: int = 0  # 0: decided by the server (see flags)
+    max_queued_requests_per_model: int = 8
+    shutdown_grace_s: float = 10.0
 
     @classmethod
     def from_flags(cls, flags: argparse.Namespace) -> ServerOptions:
@@ -121,7 +125,8 @@ class ServerOptions:
                 saved_model_tags=tuple(t.strip() for t in flags.saved_model_tags.split(",")
                                        if t.strip()),
                 allow_version_labels_for_unavailable_models=(
-                    flags.allow_version_labels_for_unavailable_models)),
+                    flags.allow_version_labels_for_unavailable_models),
+                xla_cpu_compilation_enabled=flags.xla_cpu_compilation_enabled),
             model_config_file=flags.model_config_file,
             model_name=flags.model_name,
             model_base_path=flags.model_base_path,
@@ -135,6 +140,9 @@ class ServerOptions:
                               or flags.tensorflow_session_parallelism),
             inter_op_threads=(flags.tensorflow_inter_op_parallelism
                               or flags.tensorflow_session_parallelism),
+            max_concurrent_requests_per_model=flags.max_concurrent_requests_per_model,
+            max_queued_requests_per_model=flags.max_queued_requests_per_model,
+            shutdown_grace_s=flags.shutdown_grace_period_in_ms / 1000,
         )
 
 
@@ -160,6 +168,10 @@ def _check(f: argparse.Namespace) -> None:
     for name in positive:
         if getattr(f, name) <= 0:
             raise StartupError(f"--{name} must be > 0, got {getattr(f, name)}")
+    for name in ("max_concurrent_requests_per_model", "max_queued_requests_per_model",
+                 "shutdown_grace_period_in_ms"):
+        if getattr(f, name) < 0:
+            raise StartupError(f"--{name} must be >= 0, got {getattr(f, name)}")
     if (f.tensorflow_session_parallelism and f.tensorflow_intra_op_parallelism
             and f.tensorflow_inter_op_parallelism):
         raise StartupError("Either use tensorflow_session_parallelism or "

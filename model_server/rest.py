@@ -19,10 +19,12 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 
 from model_server import inference, rest_json
+from model_server.admission import Admission
 from model_server.errors import ServingError, from_tf_exception, invalid
 from model_server.http_server import HttpLimits, HttpServer, Request, Response
 from model_server.int_ranges import INT64_MAX
 from model_server.options import RestOptions
+from model_server.readiness import Readiness
 from model_server.status import model_status_response
 
 log = logging.getLogger("model_server")
@@ -66,9 +68,12 @@ def _version(text: str | None) -> int | None:
 class RestApi:
     """Request handling, independent of the HTTP transport (easy to test and reuse)."""
 
-    def __init__(self, manager, metrics, options: RestOptions):
+    def __init__(self, manager, metrics, options: RestOptions, admission: Admission,
+                 readiness: Readiness):
         self.manager = manager
         self.metrics = metrics
+        self.admission = admission
+        self.readiness = readiness
         self.timeout_s = options.timeout_s
         self.limits = options.limits
 
@@ -124,6 +129,8 @@ class RestApi:
 
     # ------------------------------------------------------------------ endpoints
     def _status(self, model: str, version: int | None) -> str:
+        if self.readiness.draining:  # readiness probes read this page: fail them now
+            raise ServingError("UNAVAILABLE", "the server is shutting down")
         response = model_status_response(self.manager.status(model, version))
         return json_format.MessageToJson(response, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True, indent=None)
@@ -140,9 +147,10 @@ class RestApi:
         if not isinstance(sig_name, str):
             raise invalid("'signature_name' key must be a string value.")
         loaded = self.manager.resolve(model, version=version, label=label)
-        if api == "predict":
-            return self._predict(loaded, sig_name, request)
-        return self._classify_regress(api, loaded, model, sig_name, request)
+        with self.admission.slot(model, self.timeout_s):
+            if api == "predict":
+                return self._predict(loaded, sig_name, request)
+            return self._classify_regress(api, loaded, model, sig_name, request)
 
     def _predict(self, loaded, sig_name, request) -> str:
         sig = loaded.signature(sig_name, grpc=False)
@@ -207,9 +215,10 @@ class RestRouter:
 class RestServer(HttpServer):
     """The REST front end: RestRouter behind the bounded HTTP server."""
 
-    def __init__(self, options: RestOptions, manager, metrics, prometheus_path: str | None):
-        router = RestRouter(RestApi(manager, metrics, options), metrics, prometheus_path,
-                            options.cors)
+    def __init__(self, options: RestOptions, manager, metrics, prometheus_path: str | None,
+                 admission: Admission, readiness: Readiness):
+        router = RestRouter(RestApi(manager, metrics, options, admission, readiness), metrics,
+                            prometheus_path, options.cors)
         super().__init__((options.bind_address, options.port), router.respond, HttpLimits(
             num_threads=options.num_threads, max_connections=options.max_connections,
             max_body_bytes=options.max_body_bytes, header_timeout_s=options.header_timeout_s,

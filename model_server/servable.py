@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_server.deadlines import cancel_at_deadline
 from model_server.errors import ServingError, from_tf_exception, invalid
 from model_server.tensors import dtype_name, numpy_dtype
 
@@ -56,6 +57,7 @@ class Signature:
             except AttributeError:  # older TF: fall back to keyword calls
                 self._order = None
         self.batcher = None  # set by the batching layer when enabled
+        self.refusal: ServingError | None = None  # why every call fails (XLA off)
 
     def check_shape(self, alias: str, shape: tuple[int, ...]) -> None:
         expected = self.input_shapes.get(alias)
@@ -67,26 +69,34 @@ class Signature:
                 f"{[e if e >= 0 else None for e in expected]} (None = any size)"
             )
 
-    def call(self, inputs: dict[str, np.ndarray]) -> dict:
-        """Run the graph on already checked inputs; returns {alias: tf.Tensor}."""
+    def call(self, inputs: dict[str, np.ndarray], timeout: float | None = None) -> dict:
+        """Run the graph on already checked inputs; returns {alias: tf.Tensor}. With a
+        `timeout` the run is cancelled when it passes (DEADLINE_EXCEEDED)."""
         import tensorflow as tf
 
-        try:
-            if self._order is not None:
-                tensors = [tf.constant(inputs[name]) for name in self._order]
-                return self.function._call_flat(tensors, self._captured)
-            return self.function(**inputs)
-        except ServingError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every graph error becomes a status
-            raise from_tf_exception(exc) from None
+        if self.refusal is not None:
+            raise self.refusal
+        with cancel_at_deadline(timeout) as timer:
+            try:
+                if self._order is not None:
+                    tensors = [tf.constant(inputs[name]) for name in self._order]
+                    return self.function._call_flat(tensors, self._captured)
+                return self.function(**inputs)
+            except ServingError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every graph error becomes a status
+                if timer is not None and timer.fired:
+                    raise ServingError(
+                        "DEADLINE_EXCEEDED", f"graph run of signature '{self.name}' cancelled "
+                        f"at the request deadline ({timeout * 1000:.0f} ms)") from None
+                raise from_tf_exception(exc) from None
 
     def run(self, inputs: dict[str, np.ndarray], output_filter=None, timeout=None) -> dict:
         """Run through the batcher when one is attached, else directly; numpy outputs."""
         if self.batcher is not None:
             outputs = self.batcher.submit(inputs, timeout)
         else:
-            outputs = self.call(inputs)
+            outputs = self.call(inputs, timeout)
         names = output_filter or self.output_names
         return {name: _to_numpy(outputs[name]) for name in names}
 
@@ -185,8 +195,35 @@ def read_meta_graph(path: Path, tags: set[str]):
                        f"`saved_model_cli`")
 
 
-def load_model(name: str, version: int, path: Path, tags=("serve",)) -> LoadedModel:
-    """Load one version directory. Raises ServingError on failure."""
+def uses_xla(meta_graph) -> bool:
+    """Whether the graph holds functions compiled with XLA (`jit_compile=True` marks them
+    `_XlaMustCompile`; an already clustered graph has XlaLaunch ops)."""
+    library = meta_graph.graph_def.library
+    for function in library.function:
+        attr = function.attr.get("_XlaMustCompile")
+        if attr is not None and attr.b:
+            return True
+    nodes = [*meta_graph.graph_def.node, *(n for f in library.function for n in f.node_def)]
+    for node in nodes:
+        attr = node.attr.get("_XlaMustCompile")
+        if node.op == "XlaLaunch" or (attr is not None and attr.b):
+            return True
+    return False
+
+
+def xla_refusal(name: str, version: int) -> ServingError:
+    return ServingError(
+        "FAILED_PRECONDITION",
+        f"model {name} version {version} was compiled with XLA (jit_compile=True), and XLA:CPU "
+        f"JIT compilation is off on this server, as in TF Serving by default: start the server "
+        f"with --xla_cpu_compilation_enabled=true, or export the model without jit_compile")
+
+
+def load_model(name: str, version: int, path: Path, tags=("serve",),
+               xla_enabled: bool = True) -> LoadedModel:
+    """Load one version directory. Raises ServingError on failure. With `xla_enabled`
+    false an XLA-compiled model loads, but every call fails with a status saying so (TF
+    Serving fails its first compilation request; a warm-up record makes that the load)."""
     import tensorflow as tf
 
     started = time.monotonic()
@@ -209,6 +246,10 @@ def load_model(name: str, version: int, path: Path, tags=("serve",)) -> LoadedMo
                         key, name, version, [(a, dtype_name(sig_def.inputs[a].dtype))
                                              for a in unsupported])
         signatures[key] = Signature(key, sig_def, fn)
+    if not xla_enabled and uses_xla(meta_graph):
+        refusal = xla_refusal(name, version)
+        for sig in signatures.values():
+            sig.refusal = refusal
     loaded = LoadedModel(name, version, Path(path), saved, meta_graph, signatures)
     # TF's load_latency_by_stage stages; tf.saved_model.load restores and initialises in
     # one call, so "init_graph" is the signature set-up that follows it

@@ -5,7 +5,10 @@ models (ports stay closed until they are AVAILABLE), then open gRPC and REST. A 
 failure raises StartupError, which `main` prints as `Failed to start server. Error: ...`.
 The server hands each component only what it needs: the manager gets ManagerOptions, the
 metrics and the batch scheduler; the front ends get the manager, the metrics and their own
-GrpcOptions or RestOptions (see model_server.options).
+GrpcOptions or RestOptions (see model_server.options), plus the shared admission control
+and readiness. Stopping drains: readiness turns NOT_SERVING, new requests are refused, and
+requests in flight get the grace period to finish (docs/model_server.md, 'Overload and
+shutdown').
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -45,7 +49,6 @@ class ModelServer:
         self._stop = threading.Event()
         self._config_thread = None
         self._config_text = None
-        self._reload_lock = threading.Lock()
         self.config_dir = (Path(options.model_config_file).resolve().parent
                            if options.model_config_file else None)
         self.initial_config = self._read_initial_config()
@@ -55,8 +58,10 @@ class ModelServer:
         batching_params = self._read_batching()
         self._configure_tf()
 
+        from model_server.admission import Admission
         from model_server.manager import ModelManager
         from model_server.metrics import ServerMetrics
+        from model_server.readiness import Readiness
 
         self.metrics = ServerMetrics() if self.prometheus_path is not None else None
         self.batching = None
@@ -69,7 +74,21 @@ class ModelServer:
                 batching_params = BatchingParameters()
                 batching_params.thread_pool_name.value = "model_server_batch_threads"
             self.batching = BatchScheduler(batching_params, self.metrics)
-        self.manager = ModelManager(options.manager, self.metrics, self.batching)
+        self.readiness = Readiness()
+        self.admission = Admission(self._max_concurrent(), options.max_queued_requests_per_model)
+        if self.metrics is not None:
+            self.metrics.track_in_flight(self.admission.in_flight)
+        self.manager = ModelManager(options.manager, self.metrics, self.batching, self.readiness)
+
+    def _max_concurrent(self) -> int:
+        """Slots per model: the flag, else 2 x cores, or with batching at least the requests
+        one round of batches can take (so admission never starves the batcher)."""
+        if self.options.max_concurrent_requests_per_model:
+            return self.options.max_concurrent_requests_per_model
+        slots = 2 * (os.cpu_count() or 1)
+        if self.batching is not None:
+            slots = max(slots, self.batching.max_batch_size * self.batching.num_threads)
+        return slots
 
     # ------------------------------------------------------------------ configuration
     def _read_initial_config(self):
@@ -145,7 +164,8 @@ class ModelServer:
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=g.max_threads,
                                                             thread_name_prefix="grpc"),
                                  options=channel_options)
-        add_services(self._grpc, self.manager, self.metrics, g, self.reload_config_request)
+        add_services(self._grpc, self.manager, self.metrics, g, self.reload_config_request,
+                     self.admission)
         if g.health_service:
             self._add_health()
         credentials = self._grpc_credentials()
@@ -178,14 +198,13 @@ class ModelServer:
 
     def _add_health(self) -> None:
         try:
-            from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+            from grpc_health.v1 import health, health_pb2_grpc
         except ImportError:
             log.warning("--enable_grpc_healthcheck_service needs the grpcio-health-checking "
                         "package, which is not installed; health service not started")
             return
         servicer = health.HealthServicer()
-        for name in ("tensorflow.serving.ModelService", "tensorflow.serving.PredictionService"):
-            servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.readiness.attach_health(servicer)  # per model name, the services and ""
         health_pb2_grpc.add_HealthServicer_to_server(servicer, self._grpc)
 
     def _start_rest(self) -> None:
@@ -199,7 +218,8 @@ class ModelServer:
         from model_server.rest import RestServer
 
         try:
-            self._rest = RestServer(r, self.manager, self.metrics, self.prometheus_path)
+            self._rest = RestServer(r, self.manager, self.metrics, self.prometheus_path,
+                                    self.admission, self.readiness)
         except OSError as exc:
             raise StartupError(f"cannot listen for HTTP on {r.bind_address}:{r.port}: "
                                f"{exc.strerror or exc}") from None
@@ -208,9 +228,10 @@ class ModelServer:
         log.info("Exporting HTTP/REST API at:%s:%d ...", r.bind_address, self.rest_port)
 
     def reload_config(self, config) -> None:
-        """The config-file poller: the operator's file, relative paths resolved as at start."""
-        with self._reload_lock:
-            self.manager.apply_config(self.resolve(config))
+        """The config-file poller: the operator's file, relative paths resolved as at start.
+        It does not wait for the loads (they report in the log and in model status), so a
+        slow or failing load never holds up the next reload."""
+        self.manager.apply_config(self.resolve(config), wait=False)
 
     def reload_config_request(self, config) -> None:
         """gRPC HandleReloadConfigRequest: anyone who reaches the port can send one, so it
@@ -224,8 +245,7 @@ class ModelServer:
                                "--model_config_file_poll_wait_seconds")
         cfg.validate_config(config, self.manager.config)  # TF Serving's checks come first
         cfg.check_under_prefix(config, self.options.model_base_path_prefix)
-        with self._reload_lock:
-            self.manager.apply_config(config)
+        self.manager.apply_config(config)  # waits for new models without holding a lock
 
     def _poll_config(self) -> None:
         path = Path(self.options.model_config_file)
@@ -258,11 +278,21 @@ class ModelServer:
         self._stop.wait()
 
     def stop(self) -> None:
+        """Drain, then close: readiness NOT_SERVING and new requests refused at once,
+        requests in flight get the grace period, then the listeners close."""
         self._stop.set()
+        grace = self.options.shutdown_grace_s
+        deadline = time.monotonic() + grace
+        self.readiness.start_draining()
+        if not self.admission.drain(grace):
+            log.warning("%d request(s) still running after the %.1f s grace period "
+                        "(--shutdown_grace_period_in_ms); they are cut off",
+                        self.admission.in_flight(), grace)
         self.manager.stop()
+        left = max(deadline - time.monotonic(), 0.0)
         if self._rest is not None:
-            self._rest.stop()
+            self._rest.stop(left)
         if self._grpc is not None:
-            self._grpc.stop(grace=1).wait()
+            self._grpc.stop(grace=left).wait()
         if self.batching is not None:
             self.batching.stop()

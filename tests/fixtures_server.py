@@ -35,6 +35,8 @@ def start_model_server(models, extra_args=(), workdir: Path | None = None,
         args.insert(0, f"--model_config_file={config}")
     if not any(a.startswith("--max_num_load_retries=") for a in args):
         args.append("--max_num_load_retries=0")
+    if not any(a.startswith("--xla_cpu_compilation_enabled") for a in args):
+        args.append("--xla_cpu_compilation_enabled=true")  # the exports are XLA-compiled
     return ModelServerProcess(args).start(timeout=timeout)
 
 

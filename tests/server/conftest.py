@@ -25,7 +25,8 @@ def main_server(server_models, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("main_server")
     monitoring = workdir / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }')
-    models = {name: path for name, path in server_models.items() if name != "versioned"}
+    models = {name: path for name, path in server_models.items()
+              if name not in ("versioned", "xla_head", "slow")}
     models["versioned"] = {"base_path": server_models["versioned"], "policy": "all",
                            "labels": {"stable": 1, "canary": 2}}
     server = start_model_server(models, [f"--monitoring_config_file={monitoring}",

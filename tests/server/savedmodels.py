@@ -1,5 +1,6 @@
 """Tiny SavedModels the server tests serve: Keras, multi-signature tf.Module, multi-output,
-several versions, a head-shaped model (state [1, S] + N candidates) and a batching probe."""
+several versions, a head-shaped model (state [1, S] + N candidates), a batch-major head
+(contract v2; also compiled with XLA), a batching probe and a slow model."""
 
 from __future__ import annotations
 
@@ -148,6 +149,9 @@ def build_all(root: Path) -> dict[str, Path]:
         "versioned": root / "versioned",
         "head": root / "head",
         "probe": root / "probe",
+        "batch_head": root / "batch_head",
+        "xla_head": root / "xla_head",
+        "slow": root / "slow",
     }
     keras_model(bases["keras"] / "1")
     multi_signature_model(bases["multi"] / "1")
@@ -157,6 +161,9 @@ def build_all(root: Path) -> dict[str, Path]:
     (bases["versioned"] / "not_a_version").mkdir()
     head_model(bases["head"] / "1")
     batch_probe_model(bases["probe"] / "1")
+    batch_head_model(bases["batch_head"] / "1")
+    batch_head_model(bases["xla_head"] / "1", jit_compile=True)
+    slow_model(bases["slow"] / "1")
     return bases
 
 
@@ -174,5 +181,49 @@ class BatchProbe(tf.Module):
 
 def batch_probe_model(path: Path) -> Path:
     m = BatchProbe()
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+    return path
+
+
+class BatchHead(tf.Module):
+    """Contract v2 head: states [B, S] against candidates [B, N] -> ctr [B, N]; each row's
+    scores depend only on that row (so batching and its padding cannot change them)."""
+
+    def __init__(self, seed: int = 0, jit_compile: bool = False):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.items = tf.Variable(rng.normal(size=(1000, STATE_SIZE)).astype(np.float32))
+        self.serve = tf.function(self._serve, jit_compile=jit_compile, input_signature=[
+            tf.TensorSpec([None, STATE_SIZE], tf.float32, name="state"),
+            tf.TensorSpec([None, None], tf.int64, name="cand_item_ids"),
+            tf.TensorSpec([None, None], tf.int64, name="cand_cate_ids")])
+
+    def _serve(self, state, cand_item_ids, cand_cate_ids):
+        emb = tf.gather(self.items, (cand_item_ids + cand_cate_ids) % 1000)  # [B, N, S]
+        return {"ctr": tf.sigmoid(tf.reduce_sum(emb * state[:, None, :], axis=2))}
+
+
+def batch_head_model(path: Path, jit_compile: bool = False) -> Path:
+    m = BatchHead(jit_compile=jit_compile)
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+    return path
+
+
+class Slow(tf.Module):
+    """Takes as long as the request says: sleeps max(delay_ms) in 10 ms steps of a dataset,
+    which TF cancels between steps (what a deadline does to a real graph run)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="delay_ms")])
+    def serve(self, delay_ms):
+        from tensorflow.python.data.experimental.ops.testing import sleep
+
+        ticks = tf.cast(tf.reduce_max(delay_ms), tf.int64) // 10
+        slept = tf.data.Dataset.range(ticks).apply(sleep(10_000)).reduce(
+            tf.constant(0, tf.int64), lambda count, _: count + 1)
+        return {"ticks": tf.fill([tf.shape(delay_ms)[0]], slept)}
+
+
+def slow_model(path: Path) -> Path:
+    m = Slow()
     tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
     return path

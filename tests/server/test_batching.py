@@ -112,3 +112,39 @@ def test_variable_length_inputs_in_one_batch_fail_together(batching_server):
         assert isinstance(outcome, grpc.RpcError), f"{cols} columns succeeded: {outcome}"
         assert outcome.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "padding is turned off" in outcome.details()
+
+
+def test_batch_major_heads_with_different_n_are_merged_and_padded(server_models,
+                                                                   model_server_factory,
+                                                                   tmp_path):
+    """Contract v2: concurrent heads with different N share one run (padded to the largest
+    N) and each request's first N scores equal an unbatched run's."""
+    params = tmp_path / "batching.config"
+    params.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 1000000 } "
+                      "max_enqueued_batches { value: 4 } num_batch_threads { value: 1 } "
+                      "pad_variable_length_inputs: true")
+    batched = model_server_factory({"batch_head": server_models["batch_head"]},
+                                   ["--enable_batching", f"--batching_parameters_file={params}"])
+    plain = model_server_factory({"batch_head": server_models["batch_head"]})
+
+    def request(n):
+        r = predict_pb2.PredictRequest()
+        r.model_spec.name = "batch_head"
+        r.inputs["state"].CopyFrom(tf.make_tensor_proto(np.full((1, 8), n / 10, np.float32)))
+        ids = np.arange(n, dtype=np.int64)[None, :] + 7 * n
+        r.inputs["cand_item_ids"].CopyFrom(tf.make_tensor_proto(ids))
+        r.inputs["cand_cate_ids"].CopyFrom(tf.make_tensor_proto(ids + 1))
+        return r
+
+    def scores(server):
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(server.grpc_target))
+        return lambda n: tf.make_ndarray(stub.Predict(request(n), timeout=30).outputs["ctr"])
+
+    sizes = (1, 3, 5, 2)
+    merged = concurrently(scores(batched), sizes)
+    alone = {n: scores(plain)(n) for n in sizes}
+    for n in sizes:
+        # one run padded to the largest N (as TF Serving returns it); the first N are its own
+        assert merged[n].shape == (1, max(sizes))
+        np.testing.assert_allclose(merged[n][:, :n], alone[n], rtol=1e-6)

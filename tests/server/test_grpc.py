@@ -271,3 +271,26 @@ def test_regress_on_a_signature_without_regression_inputs(predict_stub):
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("No regression inputs found in SignatureDef: ")
     assert 'method_name: "tensorflow/serving/predict"' in details
+
+
+def test_xla_model_needs_xla_cpu_compilation_enabled(server_models, model_server_factory):
+    """As in TF Serving: an XLA-compiled model fails with a clear status unless
+    --xla_cpu_compilation_enabled=true."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "xla_head"
+    request.inputs["state"].CopyFrom(tf.make_tensor_proto(np.ones((1, 8), np.float32)))
+    ids = tf.make_tensor_proto(np.array([[1, 2]], np.int64))
+    request.inputs["cand_item_ids"].CopyFrom(ids)
+    request.inputs["cand_cate_ids"].CopyFrom(ids)
+    off = model_server_factory({"xla_head": server_models["xla_head"]})
+    on = model_server_factory({"xla_head": server_models["xla_head"]},
+                              ["--xla_cpu_compilation_enabled=true"])
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(off.grpc_target))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Predict(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--xla_cpu_compilation_enabled=true" in refused.value.details()
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(on.grpc_target))
+    assert tf.make_ndarray(stub.Predict(request, timeout=30).outputs["ctr"]).shape == (1, 2)
