@@ -46,7 +46,9 @@ class BackfillOptions:
       cutoff_ms: fold only events with event_time_ms <= this (point-in-time rebuild).
       max_history: fold only each user's last N events.
       batch_size: users per tower call.
-      behaviour_cap, with_behaviours: Architecture A behaviour lists.
+      behaviour_cap, with_behaviours: Architecture A behaviour lists (the log a stream job
+        running beside the backfill is merged through).
+      max_attempts: compare-and-set attempts per user before the bundle fails (retried).
       dead_letter: JSON-lines file for malformed records (None:
         dead_letter/backfill-<model>-v<version>.jsonl).
       activate: set the active-version pointer afterwards: "auto" (only if none is set),
@@ -64,6 +66,7 @@ class BackfillOptions:
     batch_size: int = 64
     behaviour_cap: int = DEFAULT_BEHAVIOUR_CAP
     with_behaviours: bool = True
+    max_attempts: int = 8
     dead_letter: str | None = None
     activate: str = "auto"
     beam_args: Sequence[str] = ()
@@ -98,16 +101,14 @@ class BackfillStates(beam.PTransform):
 
         opt = self.options
         read = pbegin | "Read" >> t.ReadEventFiles(opt.events, opt.cutoff_ms)
-        built = read.events | "Histories" >> t.BuildHistories(
+        histories = read.events | "Histories" >> t.BuildHistories(
             opt.max_history, opt.behaviour_cap, opt.with_behaviours)
         cold = pbegin | "ColdStart" >> beam.Create([(t.COLD_START_KEY, tower_example([], []))])
         handler = KeyedModelHandler(SignatureModelHandler(
             opt.saved_models, opt.model, "tower", opt.version, max_batch_size=opt.batch_size))
-        states = ((built.histories, cold) | "All" >> beam.Flatten()
+        states = ((histories, cold) | "All" >> beam.Flatten()
                   | "Tower" >> RunInference(handler))
-        written = states | "Write" >> t.WriteStates(opt.store, opt.model, opt.version)
-        if opt.with_behaviours:
-            built[t.BEHAVIOURS] | "Behaviours" >> t.AppendBehaviours(opt.store, opt.behaviour_cap)
+        written = states | "Write" >> t.WriteStates(opt)
         read[t.DEAD] | "DeadLetter" >> t.WriteDeadLetters(opt.dead_letter)
         return written
 
@@ -150,7 +151,8 @@ def run_backfill(options: BackfillOptions) -> BackfillResult:
     result.wait_until_finish()
     seconds = time.perf_counter() - started
     totals = dict.fromkeys(("users", "events", "rejected", "duplicates", "after_cutoff",
-                            "states_written", "states_not_newer"), 0)
+                            "states_written", "states_not_newer", "states_merged",
+                            "cas_conflicts"), 0)
     totals.update(metrics.totals(result, metrics.BACKFILL))
 
     activated = False

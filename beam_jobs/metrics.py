@@ -30,7 +30,10 @@ class Backfill:
     users_truncated = Metrics.counter(BACKFILL, "users_truncated")  # cut to --max_history
     history_length = Metrics.distribution(BACKFILL, "history_length")
     states_written = Metrics.counter(BACKFILL, "states_written")
-    states_not_newer = Metrics.counter(BACKFILL, "states_not_newer")  # refused by the CAS
+    states_not_newer = Metrics.counter(BACKFILL, "states_not_newer")  # already as new
+    states_merged = Metrics.counter(BACKFILL, "states_merged")  # rebuilt over log (union)
+    cas_conflicts = Metrics.counter(BACKFILL, "cas_conflicts")  # another writer got in between
+    states_unapplied = Metrics.counter(BACKFILL, "states_unapplied")  # lost every race
     cold_start_written = Metrics.counter(BACKFILL, "cold_start_written")
     behaviours_appended = Metrics.counter(BACKFILL, "behaviours_appended")
 
@@ -45,14 +48,20 @@ class Stream:
     # UpdateInterestStates
     batches = Metrics.counter(STREAM, "batches")
     entries = Metrics.counter(STREAM, "entries")
-    rejected = Metrics.counter(STREAM, "rejected")  # no event field or invalid event
-    late = Metrics.counter(STREAM, "late")  # older than the state's watermark, never seen
-    duplicates = Metrics.counter(STREAM, "duplicates")  # re-deliveries skipped
-    applied = Metrics.counter(STREAM, "applied")  # events folded into states
+    rejected = Metrics.counter(STREAM, "rejected")  # no event field, or not a valid event
+    future = Metrics.counter(STREAM, "future")  # event time beyond now + --max_future_skew_ms
+    late = Metrics.counter(STREAM, "late")  # below the watermark by more than the lateness
+    undecidable = Metrics.counter(STREAM, "undecidable")  # below the watermark, no log to decide
+    update_errors = Metrics.counter(STREAM, "update_errors")  # events whose update raised
+    duplicates = Metrics.counter(STREAM, "duplicates")  # already folded: re-deliveries skipped
+    applied = Metrics.counter(STREAM, "applied")  # events folded by a write (step or rebuild)
+    late_applied = Metrics.counter(STREAM, "late_applied")  # late events folded by a rebuild
+    rebuilds = Metrics.counter(STREAM, "rebuilds")  # users rebuilt from the behaviour log
+    corrupt_states = Metrics.counter(STREAM, "corrupt_states")  # dead-lettered and rebuilt
     users = Metrics.counter(STREAM, "users")
     new_users = Metrics.counter(STREAM, "new_users")  # started from the cold-start state
     states_written = Metrics.counter(STREAM, "states_written")
-    cas_retries = Metrics.counter(STREAM, "cas_retries")
+    cas_conflicts = Metrics.counter(STREAM, "cas_conflicts")  # writes refused: re-read, retried
     unapplied = Metrics.counter(STREAM, "unapplied")  # lost every CAS race; left pending
     # AckRedisStream
     acked = Metrics.counter(STREAM, "acked")

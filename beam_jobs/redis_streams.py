@@ -16,8 +16,8 @@ until `AckRedisStream` acknowledges it, which a pipeline places after its writes
 that restarts re-reads its own pending entries first; entries another consumer left pending
 for `claim_idle_ms` are taken over. So an entry may be processed more than once (a crash
 between the writes and the ack), never lost: the writes it feeds must be idempotent. The
-stream job's are (docs/beam_jobs.md, "Idempotency"): a state only moves forward past its
-watermark, and the behaviour list is a set.
+stream job's are (docs/beam_jobs.md, "Exactly-once states"): states are written by
+compare-and-set on the header read, and the behaviour log decides re-deliveries.
 
 An entry carries the Event JSON in its field ``event`` (`beam_jobs.EVENT_FIELD`).
 """

@@ -47,6 +47,14 @@ from beam_jobs.redis_streams import (
     ReadFromRedisStream,
     Record,
 )
+from beam_jobs.updater import (
+    DEFAULT_ALLOWED_LATENESS_MS,
+    DEFAULT_MAX_FUTURE_SKEW_MS,
+    FUTURE,
+    LATE,
+    NO_LOG,
+    UNDECIDABLE,
+)
 from uic.store import DEFAULT_BEHAVIOUR_CAP, StoreConfig
 
 _LOG = logging.getLogger("beam_jobs.stream")
@@ -58,7 +66,8 @@ NO_EVENT_FIELD = ("entry has no 'event' field (or was deleted while pending): XA
 class UpdateOptions:
     """What `UpdateInterestStates` updates and how (picklable: shipped to the workers).
 
-    version None follows the store's active-version pointer."""
+    version None follows the store's active-version pointer. The lateness and skew bounds
+    are `beam_jobs.updater.StateUpdater`'s."""
 
     store: StoreConfig
     saved_models: str
@@ -67,12 +76,20 @@ class UpdateOptions:
     max_step_events: int = 64
     behaviour_cap: int = DEFAULT_BEHAVIOUR_CAP
     with_behaviours: bool = True
+    allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
+    max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS
+
+
+_REFUSED_COUNTERS = {LATE: M.late, FUTURE: M.future, UNDECIDABLE: M.undecidable,
+                     NO_LOG: M.undecidable}
 
 
 class _UpdateBatchFn(beam.DoFn):
     """A batch of records -> events applied and written -> `Processed` (what to ack and what
-    to dead-letter). Entries whose events lost every CAS race are in neither: they stay
-    pending and are claimed again later."""
+    to dead-letter). No entry stops the job: any failure to decode, validate or apply one
+    entry makes it a dead letter with the reason. Entries whose events lost every CAS race
+    are in neither list: they stay pending and are claimed again later. Only failures of
+    Redis itself (unreachable, permissions) escape, so the runner retries the bundle."""
 
     def __init__(self, options: UpdateOptions):
         self.options = options
@@ -85,53 +102,111 @@ class _UpdateBatchFn(beam.DoFn):
         self.updater = StateUpdater(self.store, opt.saved_models, opt.model, opt.version,
                                     max_step_events=opt.max_step_events,
                                     behaviour_cap=opt.behaviour_cap,
-                                    with_behaviours=opt.with_behaviours)
+                                    with_behaviours=opt.with_behaviours,
+                                    allowed_lateness_ms=opt.allowed_lateness_ms,
+                                    max_future_skew_ms=opt.max_future_skew_ms)
 
     def process(self, records: Sequence[Record]):
-        from uic.events import Event, InvalidEvent
-
         M.batches.inc()
         M.entries.inc(len(records))
-        events: list[Event] = []
-        entries_of: dict[tuple[int, int, str], list[str]] = {}  # (user, time, id) -> entry ids
-        dead: list[DeadLetter] = []
-        ack: list[str] = []
-        for entry_id, payload in records:
-            if payload is None:
-                reason = NO_EVENT_FIELD
-            else:
-                try:
-                    event = Event.from_json(payload)
-                except InvalidEvent as err:
-                    reason = f"invalid event: {err}"
-                else:
-                    events.append(event)
-                    if entry_id is not None:
-                        entries_of.setdefault((event.user_id, *event.sort_key), []).append(
-                            entry_id)
-                    continue
-            dead.append(DeadLetter(entry_id or "", reason, payload or b""))
-            if entry_id is not None:
-                ack.append(entry_id)
+        events, entries_of, dead, ack = _decode(records)
         M.rejected.inc(len(dead))
-        if events:
-            outcome = self.updater.apply(events)
+        for user_events, outcome, error in self._apply(events):
+            if error is not None:  # this user's events cannot be applied: dead letters
+                M.update_errors.inc(len(user_events))
+                for event in user_events:
+                    for entry_id in entries_of.pop(_key(event), []):
+                        dead.append(DeadLetter(entry_id, error, event.to_json()))
+                        ack.append(entry_id)
+                continue
             for name in ("duplicates", "applied", "users", "new_users", "states_written",
-                         "cas_retries"):
+                         "cas_conflicts", "late_applied", "rebuilds"):
                 getattr(M, name).inc(getattr(outcome, name))
-            M.late.inc(len(outcome.late))
             M.unapplied.inc(len(outcome.unapplied))
-            for event, reason in outcome.late:
-                for entry_id in entries_of.get((event.user_id, *event.sort_key), [""]):
-                    dead.append(DeadLetter(entry_id, reason, event.to_json()))
-            held = {(e.user_id, *e.sort_key) for e in outcome.unapplied}
-            ack.extend(i for key, ids in entries_of.items() if key not in held for i in ids)
+            for bad in outcome.corrupt:
+                M.corrupt_states.inc()
+                dead.append(DeadLetter("", f"corrupt stored state {bad.key}: {bad.reason}; "
+                                           "rebuilt from the behaviour log", bad.value))
+            for refused in outcome.refused:
+                _REFUSED_COUNTERS[refused.kind].inc()
+                for entry_id in entries_of.pop(_key(refused.event), [""]):
+                    dead.append(DeadLetter(entry_id, refused.reason, refused.event.to_json()))
+                    if entry_id:
+                        ack.append(entry_id)
+            for event in outcome.unapplied:
+                entries_of.pop(_key(event), None)  # stays pending
+        ack.extend(i for ids in entries_of.values() for i in ids)  # applied or duplicates
         yield Processed(tuple(ack), tuple(dead))
+
+    def _apply(self, events):
+        """[(events, outcome, None)] for the batch, or per user when the batch fails; a user
+        whose update fails has (events, None, reason)."""
+        from uic.store import CorruptValue, StoreError
+
+        if not events:
+            return []
+        try:
+            return [(events, self.updater.apply(events), None)]
+        except StoreError as err:
+            if not isinstance(err, CorruptValue):
+                raise  # Redis itself: let the runner retry the bundle
+            first = err
+        except Exception as err:  # noqa: BLE001 - isolate the user(s) it comes from
+            first = err
+        _LOG.warning("batch update failed (%s: %s); applying user by user", type(first).__name__,
+                     first)
+        by_user: dict[int, list] = {}
+        for event in events:
+            by_user.setdefault(event.user_id, []).append(event)
+        out = []
+        for user_events in by_user.values():
+            try:
+                out.append((user_events, self.updater.apply(user_events), None))
+            except StoreError as err:
+                if not isinstance(err, CorruptValue):
+                    raise
+                out.append((user_events, None, f"update failed: {err}"))
+            except Exception as err:  # noqa: BLE001
+                out.append((user_events, None, f"update failed: {type(err).__name__}: {err}"))
+        return out
 
     def teardown(self):
         store = getattr(self, "store", None)
         if store is not None:
             store.client.close()
+
+
+def _key(event) -> tuple[int, int, str]:
+    return (event.user_id, *event.sort_key)
+
+
+def _decode(records: Sequence[Record]):
+    """(events, entry ids per (user, time, id), dead letters, entry ids to ack) of a batch:
+    every entry that cannot be decoded or validated, for whatever reason, is a dead letter."""
+    from uic.events import Event, InvalidEvent
+
+    events = []
+    entries_of: dict[tuple[int, int, str], list[str]] = {}
+    dead: list[DeadLetter] = []
+    ack: list[str] = []
+    for entry_id, payload in records:
+        try:
+            if payload is None:
+                raise InvalidEvent(None, NO_EVENT_FIELD)
+            event = Event.from_json(payload)
+        except InvalidEvent as err:
+            reason = f"invalid event: {err}"
+        except Exception as err:  # noqa: BLE001 - a hostile payload must not stop the job
+            reason = f"invalid event: {type(err).__name__}: {err}"
+        else:
+            events.append(event)
+            if entry_id is not None:
+                entries_of.setdefault(_key(event), []).append(entry_id)
+            continue
+        dead.append(DeadLetter(entry_id or "", reason, payload or b""))
+        if entry_id is not None:
+            ack.append(entry_id)
+    return events, entries_of, dead, ack
 
 
 class UpdateInterestStates(beam.PTransform):
@@ -186,7 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop_after_seconds", type=float, default=None,
                         help="drain mode: stop after this long in total")
     parser.add_argument("--no_behaviours", action="store_true",
-                        help="do not append to the Architecture A behaviour lists")
+                        help="do not keep the behaviour log (Architecture A lists); events at "
+                             "or below a state's watermark then cannot be decided and are "
+                             "dead-lettered")
+    parser.add_argument("--allowed_lateness_ms", type=int, default=DEFAULT_ALLOWED_LATENESS_MS,
+                        help="a never-seen event up to this much older than its user's "
+                             "watermark is applied exactly (the user is rebuilt from the "
+                             "behaviour log); older ones are dead-lettered (default: "
+                             "%(default)s = 1 hour)")
+    parser.add_argument("--max_future_skew_ms", type=int, default=DEFAULT_MAX_FUTURE_SKEW_MS,
+                        help="dead-letter events whose event_time_ms is further ahead of this "
+                             "machine's clock (default: %(default)s = 5 minutes)")
     parser.add_argument("--pubsub_subscription", default=None,
                         help="--source pubsub: projects/<p>/subscriptions/<s> (Event JSON "
                              "messages)")
@@ -199,7 +284,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("batch_size", "max_step_events", "block_ms"):
         if getattr(args, name) < 1:
             raise common.JobError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("coalesce_ms", "claim_idle_ms"):
+    for name in ("coalesce_ms", "claim_idle_ms", "allowed_lateness_ms", "max_future_skew_ms"):
         if getattr(args, name) < 0:
             raise common.JobError(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ("max_idle_seconds", "stop_after_seconds"):
@@ -258,7 +343,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, int]:
         check = common.check_export(args.saved_models, args.model, active, ["step", "tower"])
         _LOG.info("following the active version of %s (now v%d)", args.model, check)
     options = UpdateOptions(store_config, args.saved_models, args.model, version,
-                            args.max_step_events, args.behaviour_cap, not args.no_behaviours)
+                            args.max_step_events, args.behaviour_cap, not args.no_behaviours,
+                            args.allowed_lateness_ms, args.max_future_skew_ms)
     pipeline_options = common.pipeline_options(beam_args, streaming=True)
     pipeline = beam.Pipeline(runner=common.make_runner(pipeline_options),
                              options=pipeline_options)

@@ -9,9 +9,9 @@ the size of pickled dataclasses.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
@@ -20,10 +20,9 @@ from beam_jobs.common import open_store
 from beam_jobs.metrics import Backfill as M
 from beam_jobs.model_handler import tower_example
 from uic.events import Event
-from uic.store import DEFAULT_BEHAVIOUR_CAP, StoreConfig
+from uic.store import DEFAULT_BEHAVIOUR_CAP
 
 DEAD = "dead"
-BEHAVIOURS = "behaviours"
 COLD_START_KEY = "__cold_start__"
 
 EventTuple = tuple[int, str, int, int, str]
@@ -125,25 +124,34 @@ class _BuildHistoryFn(beam.DoFn):
             history.append(row)
         M.users.inc()
         M.events.inc(len(history))
-        if self.with_behaviours:
-            yield TaggedOutput(BEHAVIOURS, (user_id, history[-self.behaviour_cap:]))
+        logged = tuple(history[-self.behaviour_cap:]) if self.with_behaviours else ()
         folded = history
         if self.max_history is not None and len(history) > self.max_history:
             folded = history[-self.max_history:]
             M.users_truncated.inc()
         M.history_length.update(len(folded))
         last = folded[-1]
-        key = (user_id, len(folded), last[0], last[1])
+        key = HistoryKey(user_id, len(folded), last[0], last[1], logged)
         yield key, tower_example([r[2] for r in folded], [r[3] for r in folded])
 
 
+class HistoryKey(NamedTuple):
+    """What travels with a user's tower example to the write: the header of the state it
+    gives, and the newest `behaviour_cap` events for the behaviour log (empty without it)."""
+
+    user_id: int
+    events_applied: int
+    last_event_time_ms: int
+    last_event_id: str
+    logged: tuple[EventTuple, ...]
+
+
 class BuildHistories(beam.PTransform):
-    """``(user_id, EventTuple)`` -> ``((user, events_applied, t, id), tower example)``.
+    """``(user_id, EventTuple)`` -> ``(HistoryKey, tower example)``.
 
     Orders each user's events by (time, event id), drops exact replays of an event, keeps
     the last `max_history` for the tower when set (the state then reflects only those, and
-    `events_applied` counts only those). Side output ``BEHAVIOURS``: ``(user_id, newest
-    events)`` for Architecture A's behaviour list.
+    `events_applied` counts only those).
     """
 
     def __init__(self, max_history: int | None = None,
@@ -161,85 +169,130 @@ class BuildHistories(beam.PTransform):
             events
             | "ByUser" >> beam.GroupByKey()
             | "Order" >> beam.ParDo(
-                _BuildHistoryFn(self.max_history, self.behaviour_cap, self.with_behaviours)
-            ).with_outputs(BEHAVIOURS, main="histories")
+                _BuildHistoryFn(self.max_history, self.behaviour_cap, self.with_behaviours))
         )
 
 
 class _WriteStatesFn(beam.DoFn):
-    """Batches of (key, PredictionResult) -> compare-and-set writes under the version."""
+    """Batches of (HistoryKey, PredictionResult) -> states written beside a running stream
+    job without erasing its updates (docs/beam_jobs.md, "Backfill beside the stream job").
 
-    def __init__(self, store_config: StoreConfig, model: str, version: int):
-        self.store_config = store_config
-        self.model = model
-        self.version = version
+    The history's events go to the behaviour log first. A user without a state gets the
+    backfill's state. A user whose state covers only events of the backfill's history (every
+    event in the log is one of them) gets the backfill's state, unless it already is that
+    state. A user whose log holds events the backfill lacks (the stream job applied them) is
+    rebuilt with the tower over the log, i.e. over the union. Every write is a
+    compare-and-set on the state read; a conflict re-reads and decides again. Without the
+    behaviour log the union is unknown: the state is replaced only by one with more events
+    and a watermark not older."""
+
+    def __init__(self, options):
+        self.options = options
 
     def setup(self):
-        self.store = open_store(self.store_config)
+        self.store = open_store(self.options.store)
+        self.tower = None
 
     def process(self, batch):
-        rows = []
+        opt = self.options
+        todo: dict[int, tuple[HistoryKey, object]] = {}
         for key, result in batch:
             if key == COLD_START_KEY:
-                self.store.write_cold_start(self.model, self.version, result.inference)
+                self.store.write_cold_start(opt.model, opt.version, result.inference)
                 M.cold_start_written.inc()
-                continue
-            user_id, applied, t, eid = key
-            rows.append((user_id, result.inference, applied, t, eid))
-        if rows:
-            outcome = self.store.write_states(self.model, self.version, rows)
-            ok = sum(1 for w in outcome if w)
-            M.states_written.inc(ok)
-            # refused by the CAS: the store already holds a state with at least as many
-            # events (e.g. the stream job got further); nothing is lost.
-            M.states_not_newer.inc(len(rows) - ok)
+            else:
+                todo[key.user_id] = (key, result.inference)
+        if opt.with_behaviours and todo:
+            events = (tuple_to_event(u, row) for u, (k, _) in todo.items() for row in k.logged)
+            M.behaviours_appended.inc(self.store.append_behaviours(events, cap=opt.behaviour_cap))
+        for _ in range(opt.max_attempts):
+            if not todo:
+                return
+            todo = self._attempt(todo)
+        M.states_unapplied.inc(len(todo))
+        raise RuntimeError(f"{len(todo)} users kept losing compare-and-set races against "
+                           "another writer; the runner retries this bundle")
+
+    def _attempt(self, todo):
+        from uic.store import WRITTEN, CasRow, StoredState
+
+        opt = self.options
+        users = list(todo)
+        stored = self.store.read_states(opt.model, opt.version, users, on_corrupt="report")
+        with_state = [u for u, s in zip(users, stored, strict=True) if s is not None]
+        logs = dict(zip(with_state, self.store.read_behaviour_logs(with_state, opt.behaviour_cap),
+                        strict=True)) if opt.with_behaviours and with_state else {}
+        rows, merge = [], []
+        for uid, current in zip(users, stored, strict=True):
+            key, state = todo[uid]
+            ours = CasRow(uid, state, key.events_applied, key.last_event_time_ms,
+                          key.last_event_id, current)
+            if current is None:
+                rows.append(ours)
+            elif isinstance(current, StoredState) and (
+                    current.events_applied, current.watermark) == (
+                    key.events_applied, (key.last_event_time_ms, key.last_event_id)):
+                M.states_not_newer.inc()  # already this state (a re-run)
+            elif not opt.with_behaviours:
+                if (isinstance(current, StoredState)
+                        and current.events_applied < key.events_applied
+                        and current.watermark <= (key.last_event_time_ms, key.last_event_id)):
+                    rows.append(ours)
+                else:
+                    M.states_not_newer.inc()
+            elif {(r[0], r[1]) for r in key.logged} >= {e.sort_key for e in logs[uid]} and (
+                    not isinstance(current, StoredState)
+                    or current.watermark <= (key.last_event_time_ms, key.last_event_id)):
+                rows.append(ours)  # the log (so the state) holds nothing the backfill lacks
+            else:
+                merge.append((uid, current))
+        if merge:
+            rows.extend(self._merged(merge, logs))
+        results = self.store.compare_and_set_states(opt.model, opt.version, rows)
+        retry = {}
+        for row, result in zip(rows, results, strict=True):
+            if result == WRITTEN:
+                M.states_written.inc()
+            else:
+                M.cas_conflicts.inc()
+                retry[row.user_id] = todo[row.user_id]
+        return retry
+
+    def _merged(self, merge, logs):
+        """The tower over each user's log (the union of both writers' events)."""
+        from beam_jobs.model_handler import LoadedSignature, stack_examples
+        from uic import contract
+        from uic.store import CasRow
+
+        opt = self.options
+        if self.tower is None:
+            self.tower = LoadedSignature(
+                contract.export_dir(opt.saved_models, opt.model, "tower", opt.version), "tower")
+        histories = [logs[u][-opt.max_history:] if opt.max_history else logs[u]
+                     for u, _ in merge]
+        states = self.tower(stack_examples("tower", [
+            tower_example([e.item_id for e in h], [e.category_id for e in h])
+            for h in histories]))
+        M.states_merged.inc(len(merge))
+        return [CasRow(uid, state, len(h), h[-1].event_time_ms, h[-1].event_id, current)
+                for (uid, current), h, state in zip(merge, histories, states, strict=True)]
 
 
 class WriteStates(beam.PTransform):
-    """Write tower outputs (and the cold-start row) to the interest store, batched."""
+    """Write tower outputs (and the cold-start row) to the interest store, batched, after
+    appending each history to the behaviour log. `options` is a resolved
+    `beam_jobs.backfill.BackfillOptions`."""
 
-    def __init__(self, store_config: StoreConfig, model: str, version: int,
-                 batch_size: int = 256):
+    def __init__(self, options, batch_size: int = 256):
         super().__init__()
-        self.args = (store_config, model, version)
+        self.options = options
         self.batch_size = batch_size
 
     def expand(self, results):
         return (
             results
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-            | "CAS" >> beam.ParDo(_WriteStatesFn(*self.args))
-        )
-
-
-class _AppendBehavioursFn(beam.DoFn):
-    def __init__(self, store_config: StoreConfig, cap: int):
-        self.store_config = store_config
-        self.cap = cap
-
-    def setup(self):
-        self.store = open_store(self.store_config)
-
-    def process(self, batch):
-        events = itertools.chain.from_iterable(
-            (tuple_to_event(user, row) for row in rows) for user, rows in batch)
-        M.behaviours_appended.inc(self.store.append_behaviours(events, cap=self.cap))
-
-
-class AppendBehaviours(beam.PTransform):
-    """Fill Architecture A's capped per-user behaviour lists (idempotent on replay)."""
-
-    def __init__(self, store_config: StoreConfig, cap: int, batch_size: int = 128):
-        super().__init__()
-        self.store_config = store_config
-        self.cap = cap
-        self.batch_size = batch_size
-
-    def expand(self, behaviours):
-        return (
-            behaviours
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-            | "Append" >> beam.ParDo(_AppendBehavioursFn(self.store_config, self.cap))
+            | "CAS" >> beam.ParDo(_WriteStatesFn(self.options))
         )
 
 

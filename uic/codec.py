@@ -52,6 +52,8 @@ FP16_MAX = 65504.0
 BEHAVIOUR_SUFFIX = struct.Struct("<qqB")  # item_id, category_id, behaviour code
 BEHAVIOUR_DTYPE = np.dtype([("item", "<i8"), ("cate", "<i8"), ("type", "u1")])
 
+CAS_FIELDS = struct.Struct("<qq")  # events_applied, last_event_time_ms: what a CAS compares
+
 assert struct.calcsize("<3sBBB") == ID_LEN_OFFSET
 assert struct.calcsize("<3sBBBHI") == EVENTS_APPLIED_OFFSET
 assert EVENTS_APPLIED_OFFSET + 8 == LAST_EVENT_TIME_OFFSET
@@ -116,6 +118,13 @@ def check_int(name: str, value, lo: int = 0, hi: int = INT64_MAX) -> int:
     if not lo <= value <= hi:
         raise CodecError(f"{name} must be in [{lo}, {hi}], got {value}")
     return value
+
+
+def cas_header(events_applied: int, last_event_time_ms: int, last_event_id: str) -> bytes:
+    """The bytes of a state value that a compare-and-set compares: events_applied and
+    last_event_time_ms (offsets EVENTS_APPLIED_OFFSET .. LAST_EVENT_TIME_OFFSET + 8) followed
+    by the last_event_id bytes (from HEADER_SIZE). Equal headers mean the same events folded."""
+    return CAS_FIELDS.pack(events_applied, last_event_time_ms) + last_event_id.encode("utf-8")
 
 
 def encode_state(

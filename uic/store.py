@@ -19,9 +19,12 @@ Event streams (the Beam stream job's input, `beam_jobs.redis_streams`) are Redis
 named by the caller (default ``uic:events``), read through consumer groups; their methods
 here are the stream job's only way to Redis.
 
-Writes are compare-and-set inside Redis (one Lua script): a state replaces the stored one only
-when its `events_applied` is greater, so replays and racing writers can only move a user's
-state forward. Reads of many users are one MGET (one round trip; on a cluster one pipelined
+State writes of the Beam jobs are a true compare-and-set inside Redis
+(`compare_and_set_states`, one Lua script): the writer sends the header it read (events
+applied and watermark, or "absent") and the state is replaced only if the stored header is
+still exactly that one; otherwise the row is a conflict and the writer re-reads. Seeding and
+benchmarks use `write_states`, which only moves a state forward (more events applied, a
+watermark time not older) but does not detect a racing writer. Reads of many users are one MGET (one round trip; on a cluster one pipelined
 MGET per node, sent to all nodes before any reply is read).
 """
 
@@ -39,12 +42,13 @@ import numpy as np
 import redis
 
 from uic import codec
-from uic.codec import CodecError, CorruptValue, StoredState, StoreError, check_int, now_ms
+from uic.codec import CodecError, CorruptValue, StoredState, StoreError, check_int
 from uic.events import Event
 
 __all__ = [
     "DEFAULT_BEHAVIOUR_CAP", "DEFAULT_NAMESPACE", "DEFAULT_REDIS_PORT", "DEFAULT_REDIS_URL",
-    "CodecError", "CorruptValue", "InterestStore", "StoreConfig", "StoredState", "StoreError",
+    "CONFLICT", "CORRUPT", "WRITTEN", "CasRow", "CodecError", "CorruptState", "CorruptValue",
+    "InterestStore", "StoreConfig", "StoredState", "StoreError",
     "StreamEntry", "connect", "open_redis", "redact_url",
 ]
 
@@ -54,19 +58,7 @@ DEFAULT_NAMESPACE = "uic"
 DEFAULT_BEHAVIOUR_CAP = 1000  # behaviours kept per user for Architecture A
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-# KEYS[1] state key. ARGV[1] new value, ARGV[2] its events_applied, ARGV[3] TTL seconds (0 none).
-# Returns 1 when written, 0 when the stored state has applied as many events or more.
-CAS_SCRIPT = f"""
-local old = redis.call('GET', KEYS[1])
-if old then
-  if string.len(old) < {codec.HEADER_SIZE} or string.sub(old, 1, {len(codec.MAGIC)}) ~= '{codec.MAGIC.decode()}' then
-    return redis.error_reply('CORRUPT stored state at key ' .. KEYS[1] .. ' is not a UIS value')
-  end
-  local applied = struct.unpack('<i8', old, {codec.EVENTS_APPLIED_OFFSET + 1})
-  if applied >= tonumber(ARGV[2]) then
-    return 0
-  end
-end
+_WRITE_VALUE = """
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
@@ -75,7 +67,96 @@ else
 end
 return 1
 """
+# `write_states`: KEYS[1] state key. ARGV[1] new value, ARGV[2] its events_applied, ARGV[3]
+# TTL seconds (0 none), ARGV[4] its last_event_time_ms. Returns 1 when written, 0 when the
+# stored state has applied as many events or more, or has a newer watermark time.
+FORWARD_SCRIPT = f"""
+local old = redis.call('GET', KEYS[1])
+if old then
+  if string.len(old) < {codec.HEADER_SIZE} or string.sub(old, 1, {len(codec.MAGIC)}) ~= '{codec.MAGIC.decode()}' then
+    return redis.error_reply('CORRUPT stored state at key ' .. KEYS[1] .. ' is not a UIS value')
+  end
+  local applied = struct.unpack('<i8', old, {codec.EVENTS_APPLIED_OFFSET + 1})
+  local last_time = struct.unpack('<i8', old, {codec.LAST_EVENT_TIME_OFFSET + 1})
+  if applied >= tonumber(ARGV[2]) or last_time > tonumber(ARGV[4]) then
+    return 0
+  end
+end
+{_WRITE_VALUE}"""
+FORWARD_SHA = hashlib.sha1(FORWARD_SCRIPT.encode()).hexdigest()
+
+# `compare_and_set_states`: KEYS[1] state key. ARGV[1] new value, ARGV[2] what the writer
+# read: "" (no state), "H" .. `codec.cas_header` of the state it read, or "C" .. the SHA-1
+# (hex) of the corrupt value it read and means to replace. ARGV[3] TTL seconds (0 none).
+# Returns 1 written, 0 conflict (the stored value is not what the writer read), -1 corrupt
+# (the stored value is not a UIS state and the writer did not expect that exact value).
+CAS_SCRIPT = f"""
+local old = redis.call('GET', KEYS[1])
+local expected = ARGV[2]
+if string.sub(expected, 1, 1) == 'C' then
+  if not old or redis.sha1hex(old) ~= string.sub(expected, 2) then
+    return 0
+  end
+elseif not old then
+  if expected ~= '' then
+    return 0
+  end
+else
+  if string.len(old) < {codec.HEADER_SIZE} or string.sub(old, 1, {len(codec.MAGIC)}) ~= '{codec.MAGIC.decode()}' then
+    return -1
+  end
+  local id_len = struct.unpack('<I2', old, {codec.ID_LEN_OFFSET + 1})
+  if string.len(old) < {codec.HEADER_SIZE} + id_len then
+    return -1
+  end
+  local header = 'H' .. string.sub(old, {codec.EVENTS_APPLIED_OFFSET + 1}, {codec.LAST_EVENT_TIME_OFFSET + 8})
+    .. string.sub(old, {codec.HEADER_SIZE + 1}, {codec.HEADER_SIZE} + id_len)
+  if header ~= expected then
+    return 0
+  end
+end
+{_WRITE_VALUE}"""
 CAS_SHA = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()
+_SCRIPTS = {FORWARD_SHA: FORWARD_SCRIPT, CAS_SHA: CAS_SCRIPT}
+
+WRITTEN, CONFLICT, CORRUPT = "written", "conflict", "corrupt"
+"""Per-row outcomes of `InterestStore.compare_and_set_states`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CorruptState:
+    """A stored state value that is not a well-formed UIS state, as `read_states(...,
+    on_corrupt="report")` returns it: enough to dead-letter it and to replace exactly that
+    value by compare-and-set."""
+
+    key: str
+    reason: str
+    value: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class CasRow:
+    """One state to compare-and-set: the new state with its header, and what the writer read
+    (`expected`: the StoredState, None for "no state", or the CorruptState to replace)."""
+
+    user_id: int
+    state: np.ndarray
+    events_applied: int
+    last_event_time_ms: int
+    last_event_id: str
+    expected: StoredState | CorruptState | None
+
+
+def _expected_arg(expected: StoredState | CorruptState | None) -> bytes:
+    if expected is None:
+        return b""
+    if isinstance(expected, CorruptState):
+        return b"C" + hashlib.sha1(expected.value).hexdigest().encode()
+    if isinstance(expected, StoredState):
+        return b"H" + codec.cas_header(expected.events_applied, expected.last_event_time_ms,
+                                       expected.last_event_id)
+    raise StoreError(f"expected must be a StoredState, a CorruptState or None, got "
+                     f"{type(expected).__name__}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,70 +354,113 @@ class InterestStore:
     # -- states -----------------------------------------------------------------------------
     def write_state(self, model: str, version: int, user_id: int, state, events_applied: int,
                     last_event_time_ms: int, last_event_id: str = "") -> bool:
-        """CAS write of one state; True when it replaced the stored one (or there was none)."""
+        """Forward-only write of one state (see `write_states`); True when written."""
         return self.write_states(
             model, version, [(user_id, state, events_applied, last_event_time_ms, last_event_id)]
         )[0]
 
     def write_states(self, model: str, version: int,
                      rows: Sequence[tuple[int, np.ndarray, int, int, str]]) -> list[bool]:
-        """CAS write of many states in one pipelined round trip. rows: (user_id, state,
-        events_applied, last_event_time_ms, last_event_id). Returns one bool per row."""
-        write_time = now_ms()
-        ttl = self.ttl_seconds or 0
+        """Forward-only write of many states in one pipelined round trip, for seeding and
+        benchmarks. rows: (user_id, state, events_applied, last_event_time_ms,
+        last_event_id). A row replaces the stored state only if it has applied more events
+        and its watermark time is not older. It does not see a racing writer that read the
+        same state: concurrent updaters use `compare_and_set_states`. One bool per row."""
         cmds = []
         for i, row in enumerate(rows):
             if len(row) != 5:
                 raise StoreError(f"row {i}: expected (user_id, state, events_applied, "
                                  f"last_event_time_ms, last_event_id), got {len(row)} items")
             user_id, state, applied, last_t, last_id = row
-            key = self.state_key(model, version, user_id)
-            try:
-                value = codec.encode_state(state, events_applied=applied, last_event_time_ms=last_t,
-                                     last_event_id=last_id, write_time_ms=write_time,
-                                     dtype=self.dtype)
-            except CodecError as err:
-                raise StoreError(f"row {i} (user {user_id}): {err}") from None
-            cmds.append((key, value, int(applied)))
-        if not cmds:
-            return []
-        with self._errors():
-            results = self._run_cas(cmds, ttl)
+            key, value = self._encode_row(i, model, version, user_id, state, applied, last_t,
+                                          last_id)
+            cmds.append((key, (value, int(applied), self.ttl_seconds or 0, int(last_t))))
+        results = self._run_script(FORWARD_SHA, cmds)
         out = []
-        for (key, _, _), res in zip(cmds, results, strict=True):
+        for (key, _), res in zip(cmds, results, strict=True):
             if isinstance(res, Exception):
                 if "CORRUPT" in str(res):
-                    raise CorruptValue(key, "not a UIS state value (seen by the CAS script)")
+                    raise CorruptValue(key, "not a UIS state value (seen by the write script)")
                 raise StoreError(_explain(res, self._where))
             out.append(bool(res))
         return out
 
-    def _run_cas(self, cmds, ttl: int) -> list:
-        for attempt in range(2):
-            pipe = self._pipeline()
-            for key, value, applied in cmds:
-                # execute_command: cluster pipelines block the evalsha() helper, yet route
-                # EVALSHA by its key like any other command.
-                pipe.execute_command("EVALSHA", CAS_SHA, 1, key, value, applied, ttl)
-            results = pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in results):
-                # First use on this server (or after SCRIPT FLUSH): load the script (on every
-                # primary of a cluster) and redo all rows; CAS makes the rows already applied
-                # a no-op the second time.
-                self.client.script_load(CAS_SCRIPT)
-                continue
-            return results
-        return results  # pragma: no cover
+    def compare_and_set_states(self, model: str, version: int, rows: Sequence[CasRow]
+                               ) -> list[str]:
+        """Compare-and-set many states in one pipelined round trip. Each row is written only
+        if the stored value is still what its writer read (`CasRow.expected`, compared
+        byte-exactly on events_applied, watermark time and watermark id). Returns per row
+        WRITTEN, CONFLICT (someone wrote in between: re-read and redo) or CORRUPT (the stored
+        value is not a UIS state: read it with on_corrupt="report" and replace it). A row
+        whose watermark is older than the one it expects is refused with StoreError: the
+        watermark never goes backwards."""
+        cmds = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, CasRow):
+                raise StoreError(f"row {i}: expected a CasRow, got {type(row).__name__}")
+            exp = row.expected
+            if isinstance(exp, StoredState) and (
+                    (row.last_event_time_ms, row.last_event_id) < exp.watermark):
+                raise StoreError(
+                    f"row {i} (user {row.user_id}): watermark ({row.last_event_time_ms}, "
+                    f"{row.last_event_id!r}) is older than the stored one {exp.watermark}; a "
+                    "state's watermark never goes backwards")
+            key, value = self._encode_row(i, model, version, row.user_id, row.state,
+                                          row.events_applied, row.last_event_time_ms,
+                                          row.last_event_id)
+            cmds.append((key, (value, _expected_arg(exp), self.ttl_seconds or 0)))
+        results = self._run_script(CAS_SHA, cmds)
+        out = []
+        for res in results:
+            if isinstance(res, Exception):
+                raise StoreError(_explain(res, self._where))
+            out.append({1: WRITTEN, 0: CONFLICT, -1: CORRUPT}[int(res)])
+        return out
+
+    def _encode_row(self, i: int, model: str, version: int, user_id, state, applied, last_t,
+                    last_id) -> tuple[str, bytes]:
+        key = self.state_key(model, version, user_id)
+        try:
+            value = codec.encode_state(state, events_applied=applied, last_event_time_ms=last_t,
+                                       last_event_id=last_id, dtype=self.dtype)
+        except CodecError as err:
+            raise StoreError(f"row {i} (user {user_id}): {err}") from None
+        return key, value
+
+    def _run_script(self, sha: str, cmds: list[tuple[str, tuple]]) -> list:
+        """EVALSHA `sha` once per (key, args), pipelined. On first use on a server (or after
+        SCRIPT FLUSH) the rows refused with NOSCRIPT were not run: load the script (on every
+        primary of a cluster) and run those rows again."""
+        results: list = [redis.exceptions.NoScriptError("not run")] * len(cmds)
+        with self._errors():
+            for attempt in range(2):
+                todo = [i for i, r in enumerate(results)
+                        if isinstance(r, redis.exceptions.NoScriptError)]
+                if not todo:
+                    break
+                if attempt:
+                    self.client.script_load(_SCRIPTS[sha])
+                pipe = self._pipeline()
+                for i in todo:
+                    key, args = cmds[i]
+                    # execute_command: cluster pipelines block the evalsha() helper, yet route
+                    # EVALSHA by its key like any other command.
+                    pipe.execute_command("EVALSHA", sha, 1, key, *args)
+                for i, res in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+                    results[i] = res
+        return results
 
     def read_state(self, model: str, version: int, user_id: int) -> StoredState | None:
         return self.read_states(model, version, [user_id])[0]
 
     def read_states(self, model: str, version: int, user_ids: Sequence[int], *,
-                    on_corrupt: str = "raise") -> list[StoredState | None]:
+                    on_corrupt: str = "raise") -> list[StoredState | CorruptState | None]:
         """States of many users in one round trip (one MGET); None for users without one.
-        `on_corrupt="none"` returns None for a corrupt value instead of raising CorruptValue."""
-        if on_corrupt not in ("raise", "none"):
-            raise StoreError(f"on_corrupt must be 'raise' or 'none', got {on_corrupt!r}")
+        A corrupt value raises CorruptValue (`on_corrupt="raise"`), reads as None ("none"),
+        or is returned as a `CorruptState` ("report", for writers that replace it)."""
+        if on_corrupt not in ("raise", "none", "report"):
+            raise StoreError(f"on_corrupt must be 'raise', 'none' or 'report', got "
+                             f"{on_corrupt!r}")
         keys = [self.state_key(model, version, u) for u in user_ids]
         if not keys:
             return []
@@ -349,10 +473,11 @@ class InterestStore:
                 continue
             try:
                 out.append(codec.decode_state(value, key))
-            except CorruptValue:
+            except CorruptValue as err:
                 if on_corrupt == "raise":
                     raise
-                out.append(None)
+                out.append(CorruptState(key, err.reason, bytes(value))
+                           if on_corrupt == "report" else None)
         return out
 
     def _mget(self, keys: list[str]) -> list:
@@ -598,6 +723,13 @@ class InterestStore:
         """The user's `last_n` newest behaviours, oldest first."""
         (members,) = self._read_members([user_id], last_n, withscores=True)
         return [codec.decode_behaviour(user_id, member, score) for member, score in members]
+
+    def read_behaviour_logs(self, user_ids: Sequence[int], last_n: int) -> list[list[Event]]:
+        """Each user's `last_n` newest behaviours, oldest first (history order), read in one
+        round trip."""
+        rows = self._read_members(user_ids, last_n, withscores=True)
+        return [[codec.decode_behaviour(u, member, score) for member, score in members]
+                for u, members in zip(user_ids, rows, strict=True)]
 
     def read_behaviour_arrays(self, user_ids: Sequence[int], length: int
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

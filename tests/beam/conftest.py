@@ -125,3 +125,23 @@ class CommandLog:
         return [i for i, words in enumerate(self.commands)
                 if words[0].upper() == name and len(words) > key_index
                 and pattern.fullmatch(words[key_index])]
+
+
+def assert_states_equal_tower(url: str, exports: Path, events: list[Event], model: str = "dien",
+                              version: int = 1, namespace: str = "uic") -> None:
+    """Every user's stored state equals the exported tower over the user's whole history
+    (distinct events in (time, id) order): relative difference at most 1e-5, events_applied
+    equal to the number of distinct events, watermark its last event."""
+    from uic.store import connect
+
+    distinct = list({(e.user_id, e.sort_key): e for e in events}.values())
+    hists = histories(distinct)
+    expected = tower_states(exports, model, version, hists)
+    stored = connect(url, namespace=namespace).read_states(model, version, list(hists))
+    for (user, hist), got in zip(hists.items(), stored, strict=True):
+        assert got is not None, f"user {user} has no state"
+        assert got.events_applied == len(hist), (user, got.events_applied, len(hist))
+        assert got.watermark == hist[-1].sort_key, user
+        want = expected[user]
+        rel = float(np.max(np.abs(got.state - want)) / max(float(np.max(np.abs(want))), 1e-12))
+        assert rel <= 1e-5, (user, rel)

@@ -98,19 +98,23 @@ def test_stream_converges_with_backfill_and_dead_letters(redis_url, tiny_exports
         previous = ack
     assert checked == len(user_of) == len(events) - n_before
 
-    # restart: a late event (older than the watermark, never seen) is dead-lettered, a
-    # re-sent old event is a duplicate, a new one is applied
+    # restart: a late event (older than the watermark, never seen) within the allowed
+    # lateness is applied exactly (the user is rebuilt from the log), one beyond it is
+    # dead-lettered, a re-sent old event is a duplicate, a new one is applied
     user = ordered[0].user_id
     late = Event(user, 7, 7, "pv", ordered[0].event_time_ms - 10, "late-1")
+    too_late = Event(user, 9, 9, "pv", ordered[0].event_time_ms - 7_200_000, "late-2")
     fresh = Event(user, 8, 8, "buy", ordered[-1].event_time_ms + 5, "fresh-1")
-    produce(store, STREAM, [late.to_json(), ordered[0].to_json(), fresh.to_json()],
-            progress=False)
+    produce(store, STREAM, [late.to_json(), too_late.to_json(), ordered[0].to_json(),
+                            fresh.to_json()], progress=False)
     totals = stream.run(_stream_args(redis_url, tiny_exports))
-    assert (totals["late"], totals["duplicates"], totals["applied"]) == (1, 1, 1)
+    assert (totals["late"], totals["late_applied"], totals["duplicates"]) == (1, 1, 1)
+    assert totals["rebuilds"] == 1
     reasons = [e.fields["reason"].decode() for chunk in store.replay_stream(f"{STREAM}:dlq")
                for e in chunk]
-    assert reasons[-1].startswith("late")
-    _assert_states_match_full_history(redis_url, tiny_exports, events + [fresh])
+    assert reasons[-1].startswith("late") and "late-2" in reasons[-1]
+    _assert_states_match_full_history(redis_url, tiny_exports, events + [late, fresh])
+    assert store.pending_count(STREAM, "uic-stream") == 0
 
 
 def test_restart_after_writes_before_ack_neither_loses_nor_double_applies(

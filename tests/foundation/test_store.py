@@ -3,6 +3,7 @@ event streams, auth, corruption."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing
 import random
@@ -14,9 +15,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devkit.redis_server import EmbeddedRedis
+from uic import codec
 from uic.codec import decode_state
 from uic.events import Event
-from uic.store import CAS_SCRIPT, CorruptValue, InterestStore, StoreError, open_redis
+from uic.store import (
+    CAS_SCRIPT,
+    CONFLICT,
+    CORRUPT,
+    FORWARD_SCRIPT,
+    WRITTEN,
+    CasRow,
+    CorruptState,
+    CorruptValue,
+    InterestStore,
+    StoreError,
+    open_redis,
+)
 from uic.store import connect as store_connect
 
 
@@ -51,6 +65,107 @@ def test_cas_keeps_the_state_with_most_events(store):
     got = store.read_state("dien", 1, 9)
     assert got.events_applied == 6 and got.last_event_id == "e6"
     np.testing.assert_array_equal(got.state, state_for(9, 6))
+
+
+def test_forward_write_never_moves_the_watermark_time_back(store):
+    assert store.write_state("dien", 1, 9, state_for(9, 2), 2, 500, "b")
+    # more events but an older watermark: the defect of a count-only rule
+    assert not store.write_state("dien", 1, 9, state_for(9, 3), 3, 400, "c")
+    assert store.read_state("dien", 1, 9).last_event_time_ms == 500
+
+
+def _row(user, applied, t, eid, expected):
+    return CasRow(user, state_for(user, applied), applied, t, eid, expected)
+
+
+def test_cas_writes_only_over_the_state_it_read(store):
+    assert store.compare_and_set_states("dien", 1, [_row(4, 1, 10, "a", None)]) == [WRITTEN]
+    read = store.read_state("dien", 1, 4)
+    # a second writer that also read "absent" is refused (it would erase the first)
+    assert store.compare_and_set_states("dien", 1, [_row(4, 2, 20, "b", None)]) == [CONFLICT]
+    # two writers that read the same state: the first wins, the second must re-read,
+    # even though it carries MORE events (the count-only rule would have let it erase)
+    assert store.compare_and_set_states("dien", 1, [_row(4, 2, 20, "b", read)]) == [WRITTEN]
+    assert store.compare_and_set_states("dien", 1, [_row(4, 3, 30, "c", read)]) == [CONFLICT]
+    got = store.read_state("dien", 1, 4)
+    assert (got.events_applied, got.watermark) == (2, (20, "b"))
+    np.testing.assert_array_equal(got.state, state_for(4, 2))
+    # same count, same time, other id: the header is compared byte-exactly, id included
+    twin = dataclasses.replace(got, last_event_id="B")
+    assert store.compare_and_set_states("dien", 1, [_row(4, 3, 30, "c", twin)]) == [CONFLICT]
+    # a rebuild may keep the count and the watermark and change the state
+    assert store.compare_and_set_states("dien", 1, [
+        CasRow(4, state_for(4, 99), 2, 20, "b", got)]) == [WRITTEN]
+    np.testing.assert_array_equal(store.read_state("dien", 1, 4).state, state_for(4, 99))
+
+
+def test_cas_refuses_to_move_the_watermark_back(store):
+    store.compare_and_set_states("dien", 1, [_row(6, 2, 50, "x", None)])
+    read = store.read_state("dien", 1, 6)
+    with pytest.raises(StoreError, match="never goes backwards"):
+        store.compare_and_set_states("dien", 1, [_row(6, 3, 40, "y", read)])
+
+
+def test_cas_reports_and_replaces_a_corrupt_value_only_when_expected(store):
+    key = store.state_key("dien", 1, 7)
+    store.client.set(key, b"garbage")
+    assert store.compare_and_set_states("dien", 1, [_row(7, 1, 1, "a", None)]) == [CORRUPT]
+    (seen,) = store.read_states("dien", 1, [7], on_corrupt="report")
+    assert isinstance(seen, CorruptState) and seen.value == b"garbage" and seen.key == key
+    other = CorruptState(key, "x", b"other garbage")
+    assert store.compare_and_set_states("dien", 1, [_row(7, 1, 1, "a", other)]) == [CONFLICT]
+    assert store.compare_and_set_states("dien", 1, [_row(7, 1, 1, "a", seen)]) == [WRITTEN]
+    assert store.read_state("dien", 1, 7).events_applied == 1
+    # a truncated value with a valid magic is corrupt too, never read past its end
+    store.client.set(key, store.client.get(key)[:codec.HEADER_SIZE])  # id cut off
+    assert store.compare_and_set_states("dien", 1, [_row(7, 2, 2, "b", None)]) == [CORRUPT]
+
+
+def test_cas_header_offsets_follow_the_codec(store):
+    """The script compares exactly codec.cas_header of what was read: flipping any byte of
+    the stored header fields makes the same expectation a conflict."""
+    store.compare_and_set_states("dien", 1, [_row(8, 5, 1234, "evt-5", None)])
+    read = store.read_state("dien", 1, 8)
+    key = store.state_key("dien", 1, 8)
+    raw = store.client.get(key)
+    header = codec.cas_header(5, 1234, "evt-5")
+    assert raw[codec.EVENTS_APPLIED_OFFSET:codec.LAST_EVENT_TIME_OFFSET + 8] == header[:16]
+    for offset in (codec.EVENTS_APPLIED_OFFSET, codec.LAST_EVENT_TIME_OFFSET + 7,
+                   codec.HEADER_SIZE + 4):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 1
+        store.client.set(key, bytes(flipped))
+        assert store.compare_and_set_states("dien", 1, [_row(8, 6, 2000, "e6", read)]) == [
+            CONFLICT], offset
+    store.client.set(key, raw)
+    assert store.compare_and_set_states("dien", 1, [_row(8, 6, 2000, "e6", read)]) == [WRITTEN]
+
+
+def _cas_incrementer(url: str, user: int, increments: int) -> None:
+    """A read-modify-write loop: each success adds one event to the count."""
+    store = store_connect(url)
+    done = 0
+    while done < increments:
+        read = store.read_state("dien", 1, user)
+        n = 0 if read is None else read.events_applied
+        if store.compare_and_set_states("dien", 1, [
+                CasRow(user, state_for(user, n + 1), n + 1, n + 1, f"e{n + 1:05d}", read)
+        ]) == [WRITTEN]:
+            done += 1
+
+
+def test_concurrent_cas_writers_lose_no_increment(redis_url):
+    """4 processes x 60 read-modify-write increments of one state: the count ends at 240.
+    With a count-only rule, two writers that read N both write N+1 and one is lost."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_cas_incrementer, args=(redis_url, 3, 60)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    got = store_connect(redis_url).read_state("dien", 1, 3)
+    assert got.events_applied == 240 and got.last_event_id == "e00240"
 
 
 _users = itertools.count(1_000_000)
@@ -148,10 +263,14 @@ def test_read_1000_users_is_one_round_trip(store, redis_client, monkeypatch):
 
 def test_batched_write_is_one_round_trip(store, monkeypatch):
     store.read_state("dien", 1, 1)
+    store.client.script_load(FORWARD_SCRIPT)
     store.client.script_load(CAS_SCRIPT)
     sends = _CountSends(monkeypatch)
     store.write_states("dien", 1, [(u, state_for(u, 1), 1, 1, "") for u in range(500)])
     assert sends.calls == 1
+    got = store.compare_and_set_states("dien", 1, [
+        CasRow(u, state_for(u, 1), 1, 1, "", None) for u in range(500, 1000)])
+    assert sends.calls == 2 and got == [WRITTEN] * 500
 
 
 def test_fp16_store_and_mixed_reads(redis_url):
