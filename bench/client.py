@@ -108,13 +108,17 @@ def run(quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench_client_") as tmp:
         tmp = Path(tmp)
         root, version, source = _exports(tmp)
-        state_size = ExportMetadata.read(export_dir(root, MODEL, "head", version)).state_size
+        meta = ExportMetadata.read(export_dir(root, MODEL, "head", version))
+        state_size = meta.state_size
         served = [serving_model_name(MODEL, part) for part in ("head", "full")]
         config = write_models_config(tmp / "models.config", {
             name: {"base_path": root / name, "policy": [version]} for name in served})
         with EmbeddedRedis() as redis_server, \
                 ModelServerProcess([f"--model_config_file={config}",
-                                    "--max_num_load_retries=0"]) as server:
+                                    "--max_num_load_retries=0",
+                                    # XLA-compiled exports run only with the flag
+                                    f"--xla_cpu_compilation_enabled={str(meta.xla).lower()}"]
+                                   ) as server:
             store = store_connect(redis_server.url)
             _seed(store, version, state_size, rng)
             store.client.close()

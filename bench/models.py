@@ -3,8 +3,9 @@
 1. Per-event `step` (one new event folded into a stored state) against recomputing `tower`
    over the whole history, for histories of 50, 200, 1000 and 5000 events: the step cost is
    flat in the history length, the tower's grows linearly.
-2. `head` (state + 100 candidates) against `full` (history + 100 candidates) at
-   L = 50, 200, 1000: Architecture B's request path against Architecture A's.
+2. `head` (state [1, S] + candidates [1, 100]) against `full` (history [1, L] + candidates
+   [1, 100]) at L = 50, 200, 1000: Architecture B's request path against Architecture A's,
+   one user per call as one ad request sends.
 
 Models: DIEN and MIMN with the papers' dimensions (ModelConfig defaults), untrained (weights
 do not change the cost). Run: ``python -m bench.models [--quick]``.
@@ -75,7 +76,7 @@ def run(quick: bool = False) -> list[dict]:
                     **_p50_p99("tower", tower_ms),
                     "tower_over_step": round(float(np.median(tower_ms) / np.median(step_ms)), 1),
                 })
-            ci, cc = ids([CANDIDATES]), ids([CANDIDATES])
+            ci, cc = ids([1, CANDIDATES]), ids([1, CANDIDATES])  # one user, [B = 1, N]
             for length in head_lengths:
                 items, cates = ids([1, length]), ids([1, length])
                 lens = tf.constant([length], tf.int32)

@@ -1,5 +1,6 @@
-"""Candidate ids: checking the arrays `Scorer.score` takes, and reading them for the CLI
-(`--items 1,2,3 --cates 7,7,9` or a JSONL/CSV file).
+"""Candidate ids: checking the arrays `Scorer.score` takes, padding them to the request's
+[1, N] shape, and reading them for the CLI (`--items 1,2,3 --cates 7,7,9` or a JSONL/CSV
+file).
 
 Ids are raw int64 ids as they appear in the logs, in [0, `uic.events.INT64_MAX`]; the
 SavedModels map them to their vocabularies.
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from client.errors import InvalidRequest
+from uic.contract import padded_candidate_count
 from uic.events import INT64_MAX, InvalidEvent, check_id
 
 
@@ -38,6 +40,16 @@ def candidate_arrays(item_ids, cate_ids=None) -> tuple[np.ndarray, np.ndarray]:
         raise InvalidRequest(f"got {items.size} item_ids but {cates.size} cate_ids: "
                              "give one category per candidate")
     return items, cates
+
+
+def padded_candidates(items: np.ndarray, cates: np.ndarray) -> dict[str, np.ndarray]:
+    """The candidate inputs of one request: [1, N'] with N' = `padded_candidate_count(N)`
+    (8, 16, 32, 64, 100, then multiples of 100), the extra columns repeating the first
+    candidate. A few fixed shapes keep the server's padding across a batch small and the
+    exported heads' XLA blocks full; the caller keeps the first N scores."""
+    extra = padded_candidate_count(items.size) - items.size
+    return {"cand_item_ids": np.pad(items, (0, extra), constant_values=items[0])[None],
+            "cand_cate_ids": np.pad(cates, (0, extra), constant_values=cates[0])[None]}
 
 
 def _id_array(values, what: str) -> np.ndarray:

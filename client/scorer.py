@@ -5,6 +5,11 @@ from Redis (one GET), call `<model>_head` pinned to that version with the state 
 candidates. Architecture A (baseline): read the user's last L behaviours from the behaviour
 list, call `<model>_full` pinned to the active version.
 
+Requests follow the batch-major model contract (version 2) with one user: state [1, S] sent
+once (never tiled per candidate), or history [1, L] with `hist_len` [1], and candidates
+[1, N'] padded to a few fixed sizes (`client.candidates.padded_candidates`); the answer is
+`ctr` [1, N'], of which the first N scores are the caller's.
+
 Why it is built this way (docs/client.md has the full story):
 * The version comes from the active-version pointer (cached `active_ttl_s`, default 1 s, so
   it costs a Redis round trip once a second, not per request). The state key carries the
@@ -30,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 import redis
 
-from client.candidates import candidate_arrays, check_user
+from client.candidates import candidate_arrays, check_user, padded_candidates
 from client.errors import InvalidRequest, ModelServerError, NotDeployed, StateStoreUnavailable
 from client.transport import make_transport
 from uic.contract import MODELS, serving_model_name
@@ -204,18 +209,20 @@ class Scorer:
 
         t_build = time.perf_counter()
         served = serving_model_name(self.model, ARCH_PARTS[arch])
-        request = self.transport.build(
-            served, version, {**user.tensors, "cand_item_ids": items, "cand_cate_ids": cates})
+        candidates = padded_candidates(items, cates)
+        request = self.transport.build(served, version, {**user.tensors, **candidates})
 
         t_call = time.perf_counter()
         scores, attempts = self.transport.call(request, deadline)
         t_end = time.perf_counter()
-        if scores.shape != items.shape:
-            raise ModelServerError("INTERNAL", f"{served} v{version} returned "
-                                   f"{scores.size} scores for {items.size} candidates",
+        sent = candidates["cand_item_ids"].shape
+        if scores.shape != sent:
+            raise ModelServerError("INTERNAL", f"{served} v{version} returned scores of shape "
+                                   f"{list(scores.shape)} for candidates of shape {list(sent)}; "
+                                   "is it an export of model contract version 2?",
                                    target=self.transport.target)
         return ScoreResult(
-            scores=scores, item_ids=items, cate_ids=cates, status=user.status,
+            scores=scores[0, : items.size], item_ids=items, cate_ids=cates, status=user.status,
             model=self.model, version=version, arch=arch, served_model=served,
             transport=self.transport.name, state_age_ms=user.age_ms,
             events_applied=user.events, redis_ms=(t_build - t_redis) * 1e3,

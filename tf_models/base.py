@@ -165,21 +165,49 @@ class UICModel(keras.Model):
         return self.pack(components)
 
     def head(self, state, cand_item_ids, cand_cate_ids):
-        """state [1, S] (or [N, S]), candidates [N] -> ctr [N]; inference statistics."""
-        with tf.control_dependencies(
-            [
-                tf.debugging.assert_equal(
-                    tf.shape(cand_item_ids), tf.shape(cand_cate_ids),
-                    message="cand_item_ids and cand_cate_ids must have the same length",
-                )
-            ]
-        ):
-            cand = self.embed(cand_item_ids, cand_cate_ids)
-        return self.head_embedded(state, cand)
+        """state [B, S], candidates [B, N] -> ctr [B, N]: row b's candidates scored against
+        row b's state, with inference statistics."""
+        return self.head_rows(state, self.embed_candidates(state, cand_item_ids, cand_cate_ids))
+
+    def embed_candidates(self, state, cand_item_ids, cand_cate_ids):
+        """Checked candidate lookup: [B, N] ids -> embeddings [B, N, E]. No op of the lookup
+        runs before the checks (the XLA-compiled export keeps them outside, as XLA drops
+        `Assert`)."""
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(cand_item_ids), tf.shape(cand_cate_ids),
+                message="cand_item_ids and cand_cate_ids must have the same shape",
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(state)[0], tf.shape(cand_item_ids)[0],
+                message="state and cand_item_ids must have the same number of rows",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return self.embed(cand_item_ids, cand_cate_ids)
+
+    def head_rows(self, state, cand):
+        """`head` after the lookup: state [B, S], embeddings [B, N, E] -> ctr [B, N].
+
+        One user (B = 1, every ad request) scores its N candidates against the single state
+        row, which `score` broadcasts. Several users (a server-side batch) are flattened to
+        B*N candidate rows aligned with their repeated state rows: the same function per
+        row, so a score does not depend on the rest of the batch."""
+        rows, count = tf.shape(cand)[0], tf.shape(cand)[1]
+
+        def one_user():
+            return self.head_embedded(state, cand[0])[None]
+
+        def aligned():
+            flat = tf.reshape(cand, [-1, self.behaviour_dim])
+            ctr = self.head_embedded(tf.repeat(state, count, axis=0), flat)
+            return tf.reshape(ctr, [rows, count])
+
+        return tf.cond(tf.equal(rows, 1), one_user, aligned)
 
     def head_embedded(self, state, cand):
-        """`head` after the candidate lookup: state [1, S] (or [N, S]), candidate
-        embeddings [N, E] -> ctr [N] (the part the serving export XLA-compiles)."""
+        """Scores of candidate embeddings `cand` [N, E] against state rows [1, S] (broadcast)
+        or [N, S] (aligned) -> ctr [N] (the part the serving export XLA-compiles)."""
         return tf.sigmoid(self.score(self.unpack(state), cand, training=False))
 
     def full(self, hist_item_ids, hist_cate_ids, hist_len, cand_item_ids, cand_cate_ids):

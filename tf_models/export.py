@@ -6,7 +6,11 @@ in ``assets.extra/tf_serving_warmup_requests`` and ``assets.extra/uic_metadata.j
 
 CLI::
 
-    python -m tf_models.export --run runs/dien --out saved_models --version 1
+    python -m tf_models.export --run runs/dien --out saved_models --version 1 [--xla off]
+
+`--xla on` (default) XLA-compiles head and full (faster; the real `tensorflow_model_server`
+runs them only with `--xla_cpu_compilation_enabled=true`); `--xla off` writes a portable
+plain graph. The metadata's `xla` field records which.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tf_models.config import ModelConfig
 from tf_models.models import build_model
 from tf_models.run import load_run
 from uic.contract import (
+    CANDIDATE_SIZES,
     PARTS,
     SIGNATURE_NAME,
     SIGNATURES,
@@ -48,24 +53,25 @@ def _tensor_spec(spec, state_size: int) -> tf.TensorSpec:
     return tf.TensorSpec(dims, tf.as_dtype(spec.dtype), name=spec.name)
 
 
-XLA_BLOCK = 100  # candidates per XLA-compiled block of the served head (0: plain TF graph)
-# Requests with at most this many candidates use a second, small compiled block, so that a
-# 1-candidate request does not pay for 100 rows.
-SMALL_XLA_BLOCK = 8
-# (rows or candidates, sequence length) per warm-up request; for the heads, the first two
-# compile the small XLA block and the third the large one, before the first real request.
-WARMUP_CASES = ((1, 1), (2, 5), (SMALL_XLA_BLOCK + 1, 5))
+# Candidates per XLA-compiled block of the served head (0: plain TF graph), and a second,
+# small block for requests of at most SMALL_XLA_BLOCK candidates, so that a 1-candidate
+# request does not pay for 100 rows. They are the largest and smallest of the candidate
+# counts clients pad to (uic.contract.CANDIDATE_SIZES), so a padded request fills its blocks.
+XLA_BLOCK = CANDIDATE_SIZES[-1]
+SMALL_XLA_BLOCK = CANDIDATE_SIZES[0]
 
 
 def blocked_head(model: UICModel, block: int):
-    """`model.head` for a one-row state, scoring the candidates in blocks of `block` through
-    one XLA-compiled function of static shape (so XLA compiles once per model, not once per
-    candidate count: a DIEN head takes seconds to compile).
+    """`model.head` for [B, S] states and [B, N] candidates, scoring each row's candidates in
+    blocks of `block` through one XLA-compiled function of static shape (one state row, one
+    block), so XLA compiles once per model and block size, not once per request shape: a
+    DIEN head takes seconds to compile.
 
-    The candidate embeddings are padded with zero rows to a multiple of `block` and the
-    padding scores are dropped; a candidate's score does not depend on the other rows, so the real ones are the
-    plain head's (up to float rounding in XLA's fused kernels, ~1e-7). XLA drops `Assert`
-    ops, so the input check runs here, outside the compiled block."""
+    Each row's candidate embeddings are padded with zero rows to a multiple of `block`; the
+    blocks of all rows run one after another, each against its own row's state, and the
+    padding scores are dropped. A candidate's score does not depend on the other rows, so the
+    real ones are the plain head's (up to float rounding in XLA's fused kernels, ~1e-7). One
+    user (B = 1) with up to `block` candidates is a single block, as before batching."""
     def compiled(size: int):
         spec = [tf.TensorSpec([1, model.state_size], tf.float32),
                 tf.TensorSpec([size, model.behaviour_dim], tf.float32)]
@@ -74,36 +80,32 @@ def blocked_head(model: UICModel, block: int):
     large = compiled(block)
     small = compiled(SMALL_XLA_BLOCK) if SMALL_XLA_BLOCK < block else large
 
-    def in_blocks(state, cand, count, size_and_core):
+    def in_blocks(state, cand, size_and_core):
         size, core = size_and_core
-        cand = tf.pad(cand, [[0, tf.math.floormod(-count, size)], [0, 0]])
-        cand = tf.reshape(cand, [-1, size, model.behaviour_dim])
-        ctr = tf.map_fn(lambda rows: core(state, rows), cand,
-                        fn_output_signature=tf.TensorSpec([size], tf.float32),
+        rows, count = tf.shape(cand)[0], tf.shape(cand)[1]
+        cand = tf.pad(cand, [[0, 0], [0, tf.math.floormod(-count, size)], [0, 0]])
+        blocks = tf.reshape(cand, [-1, size, model.behaviour_dim])  # row-major: row b's blocks
+        per_row = tf.shape(cand)[1] // size
+        owner = tf.repeat(tf.range(rows), per_row)
+        ctr = tf.map_fn(lambda job: core(tf.gather(state, job[0])[None], job[1]),
+                        (owner, blocks), fn_output_signature=tf.TensorSpec([size], tf.float32),
                         parallel_iterations=1)
-        return tf.reshape(ctr, [-1])[:count]
+        return tf.reshape(ctr, [rows, -1])[:, :count]
 
     def head(state, cand_item_ids, cand_cate_ids):
-        check = tf.debugging.assert_equal(
-            tf.shape(cand_item_ids), tf.shape(cand_cate_ids),
-            message="cand_item_ids and cand_cate_ids must have the same length",
-        )
-        with tf.control_dependencies([check]):
-            count = tf.shape(cand_item_ids)[0]
-            state = tf.reshape(state, [1, model.state_size])
-            # the lookup stays outside XLA: the compiled block never touches the big tables
-            cand = model.embed(cand_item_ids, cand_cate_ids)
+        # the lookup stays outside XLA: the compiled block never touches the big tables
+        cand = model.embed_candidates(state, cand_item_ids, cand_cate_ids)
         if small is large:
-            return in_blocks(state, cand, count, large)
-        return tf.cond(count <= small[0], lambda: in_blocks(state, cand, count, small),
-                       lambda: in_blocks(state, cand, count, large))
+            return in_blocks(state, cand, large)
+        return tf.cond(tf.shape(cand)[1] <= small[0], lambda: in_blocks(state, cand, small),
+                       lambda: in_blocks(state, cand, large))
 
     return head
 
 
 def _serving_method(model: UICModel, part: str, xla_block: int):
     """The Python function behind one part's signature: the model's method, or for `head`
-    and `full` (one state row) the XLA-blocked head when `xla_block` > 0."""
+    and `full` the XLA-blocked head when `xla_block` > 0."""
     if xla_block <= 0 or part not in ("head", "full"):
         return getattr(model, part)
     head = blocked_head(model, xla_block)
@@ -144,17 +146,28 @@ class _PartModule(tf.Module):
         self.serve = part_function(model, part, xla_block)
 
 
-def _warmup_inputs(part: str, state_size: int, rows: int, length: int, rng) -> dict[str, np.ndarray]:
+def warmup_dims(part: str) -> list[dict[str, int]]:
+    """Dims of each warm-up request. `head` and `full`: one user (B = 1) with each candidate
+    count clients pad to (uic.contract.CANDIDATE_SIZES), so both XLA blocks are compiled
+    and every padded shape has run before the first real request, plus a two-user batch as
+    server-side batching makes. `tower` and `step`: batches of 1, 2 and 9 users."""
+    if part in ("head", "full"):
+        return ([{"B": 1, "N": n, "L": 5} for n in CANDIDATE_SIZES]
+                + [{"B": 2, "N": CANDIDATE_SIZES[0], "L": 5}])
+    return [{"B": rows, "L": length, "T": length} for rows, length in ((1, 1), (2, 5), (9, 5))]
+
+
+def _warmup_inputs(part: str, state_size: int, dims: dict[str, int], rng) -> dict[str, np.ndarray]:
     """Contract-shaped inputs of one warm-up request: random ids, full lengths, zero states."""
     inputs, _ = SIGNATURES[part]
-    sizes = {"B": rows, "N": rows, "L": length, "T": length, "S": state_size}
+    sizes = {**dims, "S": state_size}
     out = {}
     for spec in inputs:
         shape = tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
         if spec.dtype == "int64":
             out[spec.name] = rng.integers(1, 1000, size=shape, dtype=np.int64)
         elif spec.dtype == "int32":
-            out[spec.name] = np.full(shape, length, dtype=np.int32)
+            out[spec.name] = np.full(shape, sizes.get("L", sizes.get("T")), dtype=np.int32)
         else:
             out[spec.name] = np.zeros(shape, dtype=np.float32)
     return out
@@ -168,11 +181,11 @@ def write_warmup(saved_model_dir: Path, serving_name: str, part: str, state_size
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for rows, length in WARMUP_CASES:
+        for dims in warmup_dims(part):
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=serving_name, signature_name=SIGNATURE_NAME)
             )
-            for name, value in _warmup_inputs(part, state_size, rows, length, rng).items():
+            for name, value in _warmup_inputs(part, state_size, dims, rng).items():
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request)
@@ -181,7 +194,7 @@ def write_warmup(saved_model_dir: Path, serving_name: str, part: str, state_size
     return path
 
 
-def metadata_for(model: UICModel, version: int) -> ExportMetadata:
+def metadata_for(model: UICModel, version: int, xla: bool) -> ExportMetadata:
     cfg = model.config
     return ExportMetadata(
         model=model.model_name,
@@ -191,6 +204,7 @@ def metadata_for(model: UICModel, version: int) -> ExportMetadata:
         ring_size=cfg.ring_size if model.model_name == "dien" else None,
         memory_slots=cfg.memory_slots if model.model_name == "mimn" else None,
         config={**cfg.to_dict(), "embedding_dim": model.emb_dim},
+        xla=xla,
     )
 
 
@@ -198,7 +212,7 @@ def save_part(model: UICModel, part: str, target: Path, version: int,
               xla_block: int | None = None) -> Path:
     """Write one part to `target` atomically (temp dir + rename), so a server polling the
     base path never sees a half-written version. `xla_block` (default `XLA_BLOCK`): see
-    `blocked_head`; 0 exports the plain TF graph."""
+    `blocked_head`; 0 exports the portable plain TF graph (no `jit_compile`)."""
     xla_block = XLA_BLOCK if xla_block is None else int(xla_block)
     if xla_block < 0:
         raise ValueError(f"xla_block must be >= 0 (0 disables XLA), got {xla_block}")
@@ -214,7 +228,7 @@ def save_part(model: UICModel, part: str, target: Path, version: int,
         tf.saved_model.save(
             module, str(tmp), signatures={SIGNATURE_NAME: module.serve.get_concrete_function()}
         )
-        metadata_for(model, version).write(tmp)
+        metadata_for(model, version, xla=xla_block > 0).write(tmp)
         write_warmup(tmp, serving_model_name(model.model_name, part), part, model.state_size)
         tmp.rename(target)
     except BaseException:
@@ -262,14 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="saved_models", help="export root (default saved_models)")
     parser.add_argument("--version", type=int, required=True, help="positive integer version")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts (default all)")
-    parser.add_argument("--xla_block", type=int, default=XLA_BLOCK,
-                        help="head/full score candidates in XLA-compiled blocks of this many "
-                             f"(default {XLA_BLOCK}; 0 exports the plain TF graph)")
+    parser.add_argument("--xla", choices=("on", "off"), default="on",
+                        help="on (default): head and full are XLA-compiled, faster, and need "
+                             "--xla_cpu_compilation_enabled=true on tensorflow_model_server; "
+                             "off: a portable plain TF graph that any TF Serving runs")
     args = parser.parse_args(argv)
     if args.version <= 0:
         parser.error(f"--version must be a positive integer, got {args.version}")
-    if args.xla_block < 0:
-        parser.error(f"--xla_block must be >= 0 (0 disables XLA), got {args.xla_block}")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
     if bad:
@@ -291,10 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     for part in tqdm(parts, desc=f"export {model.model_name} v{args.version}", unit="part"):
         written[part] = str(
             save_part(model, part, export_dir(args.out, model.model_name, part, args.version),
-                      args.version, args.xla_block)
+                      args.version, XLA_BLOCK if args.xla == "on" else 0)
         )
     print(json.dumps({"model": model.model_name, "version": args.version,
-                      "state_size": model.state_size, "parts": written}, indent=2))
+                      "state_size": model.state_size, "xla": args.xla == "on",
+                      "parts": written}, indent=2))
     return 0
 
 

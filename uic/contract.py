@@ -22,6 +22,28 @@ SIGNATURE_NAME = "serving_default"
 METADATA_FILE = "assets.extra/uic_metadata.json"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 STATE_LAYOUT_VERSION = 1
+CONTRACT_VERSION = 2
+"""Version of `SIGNATURES`, recorded in every export's metadata. Version 1 had a [1, S] state
+with [N] candidates for `head` (and [1, L] histories for `full`), which no server-side
+batching can merge; readers refuse it (`ExportMetadata.from_json`)."""
+
+# Candidate counts a client pads its request to (docs/client.md, 'Candidate padding'): a
+# few fixed sizes, then multiples of the last one. They match the exported heads' XLA
+# blocks (tf_models.export: a block of the smallest size and blocks of the largest), so a
+# padded request never pays for a partly empty block beyond what the padding already adds.
+CANDIDATE_SIZES: tuple[int, ...] = (8, 16, 32, 64, 100)
+
+
+def padded_candidate_count(n: int) -> int:
+    """The smallest of `CANDIDATE_SIZES` that holds `n` candidates, else the next multiple
+    of the largest size (e.g. 5 -> 8, 100 -> 100, 101 -> 200)."""
+    if n <= 0:
+        raise ValueError(f"need at least one candidate, got {n}")
+    for size in CANDIDATE_SIZES:
+        if n <= size:
+            return size
+    step = CANDIDATE_SIZES[-1]
+    return -(-n // step) * step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +54,9 @@ class TensorSpec:
 
 
 # inputs, outputs per part. Symbolic dims: B batch of users, L history length, T new events,
-# N candidates, S state size (fixed per export, see metadata).
+# N candidates, S state size (fixed per export, see metadata). Every input of a part has B
+# as its dim 0, so server-side batching can concatenate concurrent requests (one ad request
+# is B = 1); row b of `ctr` scores row b's candidates against row b's state or history.
 SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     "tower": (
         (
@@ -53,21 +77,21 @@ SIGNATURES: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {
     ),
     "head": (
         (
-            TensorSpec("state", "float32", (1, "S")),
-            TensorSpec("cand_item_ids", "int64", ("N",)),
-            TensorSpec("cand_cate_ids", "int64", ("N",)),
+            TensorSpec("state", "float32", ("B", "S")),
+            TensorSpec("cand_item_ids", "int64", ("B", "N")),
+            TensorSpec("cand_cate_ids", "int64", ("B", "N")),
         ),
-        (TensorSpec("ctr", "float32", ("N",)),),
+        (TensorSpec("ctr", "float32", ("B", "N")),),
     ),
     "full": (
         (
-            TensorSpec("hist_item_ids", "int64", (1, "L")),
-            TensorSpec("hist_cate_ids", "int64", (1, "L")),
-            TensorSpec("hist_len", "int32", (1,)),
-            TensorSpec("cand_item_ids", "int64", ("N",)),
-            TensorSpec("cand_cate_ids", "int64", ("N",)),
+            TensorSpec("hist_item_ids", "int64", ("B", "L")),
+            TensorSpec("hist_cate_ids", "int64", ("B", "L")),
+            TensorSpec("hist_len", "int32", ("B",)),
+            TensorSpec("cand_item_ids", "int64", ("B", "N")),
+            TensorSpec("cand_cate_ids", "int64", ("B", "N")),
         ),
-        (TensorSpec("ctr", "float32", ("N",)),),
+        (TensorSpec("ctr", "float32", ("B", "N")),),
     ),
 }
 
@@ -95,12 +119,19 @@ def latest_version(root: str | os.PathLike, model: str, part: str = "head") -> i
     return max(versions) if versions else None
 
 
+class IncompatibleExport(ValueError):
+    """An export built for another contract version than this code's `CONTRACT_VERSION`."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportMetadata:
     """Contents of ``assets.extra/uic_metadata.json`` (identical in all four parts of one run).
 
     `state_layout` lists the state's components in packing order as (name, size) pairs; their
     sizes add up to `state_size`. `ring_size` is DIEN's K, `memory_slots` is MIMN's m.
+    `contract_version` is the `SIGNATURES` version the export was built for; `xla` says
+    whether its `head` and `full` are XLA-compiled (then the real TF Serving needs
+    `--xla_cpu_compilation_enabled=true`; tower and step never are).
     """
 
     model: str
@@ -111,6 +142,8 @@ class ExportMetadata:
     ring_size: int | None = None
     memory_slots: int | None = None
     config: dict | None = None
+    contract_version: int = CONTRACT_VERSION
+    xla: bool = False
 
     def to_json(self) -> str:
         record = dataclasses.asdict(self)
@@ -118,8 +151,17 @@ class ExportMetadata:
         return json.dumps(record, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> ExportMetadata:
+    def from_json(cls, text: str, source: str = "export") -> ExportMetadata:
+        """Parse the metadata; refuses an export of another contract version (`source`
+        names it in the error)."""
         record = json.loads(text)
+        found = record.get("contract_version", 1)  # version 1 did not record it
+        if found != CONTRACT_VERSION:
+            raise IncompatibleExport(
+                f"{source} was exported for model contract version {found}, this code uses "
+                f"version {CONTRACT_VERSION} (batch-major [B, N] candidates); re-export with "
+                "this version: make export"
+            )
         record["state_layout"] = tuple((str(n), int(s)) for n, s in record["state_layout"])
         meta = cls(**record)
         total = sum(size for _, size in meta.state_layout)
@@ -142,4 +184,4 @@ class ExportMetadata:
             raise FileNotFoundError(
                 f"{path} not found: is {saved_model_dir} a UIC export? Run `make export` first."
             )
-        return cls.from_json(path.read_text())
+        return cls.from_json(path.read_text(), source=str(saved_model_dir))

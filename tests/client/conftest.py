@@ -62,11 +62,14 @@ def _servers(tiny_exports, tmp_path_factory):
     models = {serving_model_name(m, p): {"base_path": tiny_exports / serving_model_name(m, p),
                                          "policy": "all"}
               for m in MODELS for p in ("head", "full")}
+    # version 1 of the tiny exports is XLA-compiled: the server runs it only with the flag,
+    # as TF Serving does
+    xla = ("--xla_cpu_compilation_enabled=true",)
     pool = ThreadPoolExecutor(2, thread_name_prefix="model-server-start")
     futures = {
-        "main": pool.submit(start_model_server, models, (),
+        "main": pool.submit(start_model_server, models, xla,
                             tmp_path_factory.mktemp("server_main"), SERVER_START_S),
-        "small": pool.submit(start_model_server, {"dien_head": tiny_exports / "dien_head"}, (),
+        "small": pool.submit(start_model_server, {"dien_head": tiny_exports / "dien_head"}, xla,
                              tmp_path_factory.mktemp("server_small"), SERVER_START_S),
     }
     yield futures
@@ -96,7 +99,9 @@ def expected(tiny_exports, _servers) -> Expected:
 
     out = Expected({}, {}, {}, {})
     keep = []  # keep loaded objects alive while their signatures are used
-    cands = {"cand_item_ids": tf.constant(CAND_ITEMS), "cand_cate_ids": tf.constant(CAND_CATES)}
+    # one user, its candidates as one row (contract version 2), not padded
+    cands = {"cand_item_ids": tf.constant(CAND_ITEMS[None]),
+             "cand_cate_ids": tf.constant(CAND_CATES[None])}
     for model in MODELS:
         for version in VERSIONS:
             parts = {p: fn(model, p, version) for p in ("tower", "full")}
@@ -109,7 +114,7 @@ def expected(tiny_exports, _servers) -> Expected:
                         "hist_cate_ids": tf.constant(np.pad(cates, (0, width - len(cates)))[None]),
                         "hist_len": tf.constant([len(items)], tf.int32)}
                 state = tower(**hist)["state"].numpy()[0]
-                scores = full(**hist, **cands)["ctr"].numpy()
+                scores = full(**hist, **cands)["ctr"].numpy()[0]
                 if user == UNKNOWN_USER:
                     out.cold[(model, version)] = state
                     out.cold_scores[(model, version)] = scores

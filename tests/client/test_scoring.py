@@ -65,6 +65,21 @@ def test_head_on_stored_state_equals_full_model(server, expected, seeded_store, 
                 assert r.total_ms >= r.redis_ms + r.build_ms + r.rpc_ms - 1e-6
 
 
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_candidate_padding_is_invisible(server, expected, seeded_store, transport):
+    """Any candidate count (padded on the wire to 8, 16, ..., 100, 200) gives one score per
+    candidate, each the full model's score of that candidate."""
+    full = expected.scores[("mimn", 1, 11)]
+    with Scorer("mimn", store=seeded_store, server=target(server, transport),
+                transport=transport, deadline_ms=5000) as scorer:
+        for count in (1, 8, 9, 100, 101):
+            pick = (np.arange(count) * 3 + 1) % len(CAND_ITEMS)  # first candidate not first
+            for arch in ("B", "A"):
+                r = scorer.score(11, CAND_ITEMS[pick], CAND_CATES[pick], arch=arch)
+                assert r.scores.shape == (count,)
+                assert_close(r.scores, full[pick])
+
+
 def test_unknown_user_gets_the_cold_start_state(server, expected, seeded_store):
     with Scorer("dien", store=seeded_store, server=server.grpc_target, deadline_ms=5000) as s:
         b = s.score(UNKNOWN_USER, CAND_ITEMS, CAND_CATES)

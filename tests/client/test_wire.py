@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from client.candidates import check_user, parse_id_list, read_candidates
+from client.candidates import check_user, padded_candidates, parse_id_list, read_candidates
 from client.errors import InvalidRequest, ModelServerError, ModelServerUnavailable
 from client.protos import DT_FLOAT, DT_INT64, PredictRequest, fill_tensor, tensor_to_numpy
 from client.transport import _Retrying, _Transient, parse_target
@@ -61,6 +61,19 @@ def test_client_does_not_import_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("count, padded", [(1, 8), (8, 8), (9, 16), (33, 64), (64, 64),
+                                           (65, 100), (100, 100), (101, 200), (250, 300)])
+def test_candidates_are_padded_to_fixed_sizes_with_the_first_one(count, padded):
+    items = np.arange(10, 10 + count, dtype=np.int64)
+    cates = items % 7
+    inputs = padded_candidates(items, cates)
+    assert inputs["cand_item_ids"].shape == inputs["cand_cate_ids"].shape == (1, padded)
+    np.testing.assert_array_equal(inputs["cand_item_ids"][0, :count], items)
+    np.testing.assert_array_equal(inputs["cand_cate_ids"][0, :count], cates)
+    assert (inputs["cand_item_ids"][0, count:] == items[0]).all()
+    assert (inputs["cand_cate_ids"][0, count:] == cates[0]).all()
 
 
 def test_parse_id_list():

@@ -1,7 +1,8 @@
 """The UIC split is exact (docs/models.md, 'The model contract'): head(tower(x)) == full(x),
 folding `step` over the events (one at a time or in random chunks) == tower over the whole
-sequence, padding is a no-op, and no score depends on the other rows of its batch. Checked on
-the trained tiny Keras models and again on their exported SavedModels."""
+sequence, padding is a no-op, and no score depends on the other rows of its batch: row b of a
+batched head or full call (B users, [B, N] candidates) is that user's call alone. Checked on
+the trained tiny Keras models and again on their exported (XLA-compiled) SavedModels."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ def _users(seed, lengths, width, garbage_padding=True):
     return items.astype(np.int64), cates.astype(np.int64), lens
 
 
-def _cands(seed, n=9):
+def _cands(seed, n=9, rows=1):
+    """Candidates [rows, n] (contract version 2: one row of candidates per user)."""
     rng = np.random.default_rng(seed)
-    cates = rng.integers(1, 30, n)
-    return (cates * 1000 + rng.integers(1, 40, n)).astype(np.int64), cates.astype(np.int64)
+    cates = rng.integers(1, 30, (rows, n))
+    return (cates * 1000 + rng.integers(1, 40, (rows, n))).astype(np.int64), cates.astype(np.int64)
 
 
 def _backend(request, name):
@@ -57,7 +59,7 @@ def test_head_of_tower_equals_full(parts_of, name):
     for b, n in enumerate(lens):
         via_state = parts.head(states[b : b + 1], ci, cc)
         direct = parts.full(items[b : b + 1, : max(n, 1)], cates[b : b + 1, : max(n, 1)], lens[b : b + 1], ci, cc)
-        assert via_state.shape == (len(ci),)
+        assert via_state.shape == ci.shape
         worst = max(worst, float(np.abs(via_state - direct).max()))
     assert worst <= TOL, f"{name}: |head(tower(x)) - full(x)| = {worst}"
 
@@ -114,23 +116,48 @@ def test_scores_do_not_depend_on_the_batch(parts_of, name):
         alone = parts.tower(items[b : b + 1], cates[b : b + 1], lens[b : b + 1])
         assert np.abs(alone - batch_states[b : b + 1]).max() <= TOL
     ci, cc = _cands(9, n=12)
-    together = parts.head(batch_states[1:2], ci, cc)
-    for j in range(len(ci)):
-        one = parts.head(batch_states[1:2], ci[j : j + 1], cc[j : j + 1])
-        assert abs(float(one[0]) - float(together[j])) <= TOL
-    other = parts.head(batch_states[1:2], ci[:4][::-1], cc[:4][::-1])
+    together = parts.head(batch_states[1:2], ci, cc)[0]
+    for j in range(ci.shape[1]):
+        one = parts.head(batch_states[1:2], ci[:, j : j + 1], cc[:, j : j + 1])
+        assert abs(float(one[0, 0]) - float(together[j])) <= TOL
+    other = parts.head(batch_states[1:2], ci[:, :4][:, ::-1], cc[:, :4][:, ::-1])[0]
     assert np.abs(other[::-1] - together[:4]).max() <= TOL
     assert np.all((together > 0) & (together < 1))
 
 
+# (users B, candidates N): one block, blocks of both XLA sizes, a row past one block
+BATCHES = [(2, 1), (3, 8), (4, 13), (2, 100), (3, 150)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("rows,count", BATCHES)
+def test_batched_head_rows_equal_single_rows(parts_of, name, rows, count):
+    """Row b of head(state [B, S], candidates [B, N]) is head(state[b], candidates[b]) alone
+    (what server-side batching relies on), and full == head(tower) per row."""
+    parts = parts_of(name)
+    lengths = [0, 3, 7, 40, 64][:rows]
+    items, cates, lens = _users(20 + rows, lengths, 64)
+    ci, cc = _cands(30 + count, n=count, rows=rows)  # different candidates per row
+    states = parts.tower(items, cates, lens)
+    batched = parts.head(states, ci, cc)
+    batched_full = parts.full(items, cates, lens, ci, cc)
+    assert batched.shape == batched_full.shape == (rows, count)
+    for b in range(rows):
+        alone = parts.head(states[b : b + 1], ci[b : b + 1], cc[b : b + 1])[0]
+        assert np.abs(batched[b] - alone).max() <= TOL, f"{name}: head row {b} depends on its batch"
+        assert np.abs(batched_full[b] - alone).max() <= TOL, f"{name}: full row {b} != head(tower)"
+
+
 def test_saved_models_compute_what_keras_computes(keras_parts, saved_parts):
     items, cates, lens = _users(10, [0, 5, 40], 40)
-    ci, cc = _cands(11)
+    ci, cc = _cands(11, rows=3)
     for name in MODELS:
         k, s = keras_parts[name], saved_parts[name]
         assert np.abs(k.tower(items, cates, lens) - s.tower(items, cates, lens)).max() <= TOL
-        state = k.tower(items, cates, lens)[1:2]
-        assert np.abs(k.head(state, ci, cc) - s.head(state, ci, cc)).max() <= TOL
+        states = k.tower(items, cates, lens)
+        assert np.abs(k.head(states, ci, cc) - s.head(states, ci, cc)).max() <= TOL
+        one = (states[1:2], ci[1:2], cc[1:2])
+        assert np.abs(k.head(*one) - s.head(*one)).max() <= TOL
 
 
 def test_dien_ring_holds_the_last_k_extractor_states(keras_parts):
