@@ -101,6 +101,18 @@ def _make_call(model: str, arch: str, redis_url: str, server: str, seq_len: int,
     return call
 
 
+def _current_export(path) -> bool:
+    """True when `path` holds an export of this code's model contract (a reused workdir may
+    hold an older one, which is then exported again)."""
+    from uic.contract import ExportMetadata
+
+    try:
+        ExportMetadata.read(path)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
 def prepare(workdir: Path, redis_url: str, seq_lens, users_per_len: int, seed: int = 0,
             models=("dien", "mimn"), config=None, full_models=("dien",)) -> dict[int, list[int]]:
     """Export the models (version 1; `config` a ModelConfig, default the papers' sizes) and
@@ -113,7 +125,7 @@ def prepare(workdir: Path, redis_url: str, seq_lens, users_per_len: int, seed: i
     from uic.store import connect as store_connect
 
     for model in models:
-        if not export_dir(workdir / "saved_models", model, "head", 1).exists():
+        if not _current_export(export_dir(workdir / "saved_models", model, "head", 1)):
             parts = ("tower", "head", "full") if model in full_models else ("tower", "head")
             export_model(model, workdir / "saved_models", 1, seed=seed, config=config,
                          parts=parts)
