@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup demo test test-fast lint clean bench data train export serve deploy \
         redis-start redis-stop redis-status backfill stream produce rollout system-deps \
-        tls-redis fuzz
+        tls-redis fuzz soak
 
 # `make demo DATA=path/to/UserBehavior.csv` (or an events JSONL file) runs the demo on that
 # behaviour log; DATA naming a directory (the default, used by `make data` etc.) keeps the
@@ -55,7 +55,12 @@ bench: setup
 	$(PY) -m bench && $(PY) -m bench.readme_table
 
 fuzz: setup  ## long fuzzing profile of the model server; prints the cases tried per entry point
-	UIC_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -s -p no:cacheprovider tests/server/test_fuzz.py
+	UIC_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -s -p no:cacheprovider tests/server/test_fuzz.py \
+	    tests/foundation/test_fuzz_inputs.py
+
+SOAK_SECONDS ?= 600
+soak: setup  ## faults under load, then checks that no event was lost or applied twice
+	$(PY) -m devkit.soak --seconds $(SOAK_SECONDS)
 
 data: setup
 	$(PY) -m tf_models.data.synthetic --out $(DATA)
@@ -111,5 +116,5 @@ rollout: setup
 	    --saved_models $(MODELS) --redis_url $(REDIS_URL)
 
 clean:
-	rm -rf $(VENV) .redis .demo runs data dead_letter bench_results/tmp .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .redis .demo .soak runs data dead_letter bench_results/tmp .pytest_cache .hypothesis build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

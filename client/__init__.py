@@ -17,8 +17,9 @@ from client.errors import (
     StateStoreUnavailable,
 )
 from client.scorer import Scorer, ScoreResult, ScoreStatus
+from client.tls import TlsConfig
 
 __all__ = [
     "ClientError", "InvalidRequest", "ModelServerError", "ModelServerUnavailable",
-    "NotDeployed", "ScoreResult", "ScoreStatus", "Scorer", "StateStoreUnavailable",
+    "NotDeployed", "ScoreResult", "ScoreStatus", "Scorer", "StateStoreUnavailable", "TlsConfig",
 ]

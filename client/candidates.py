@@ -18,6 +18,10 @@ from client.errors import InvalidRequest
 from uic.contract import padded_candidate_count
 from uic.events import INT64_MAX, InvalidEvent, check_id
 
+MAX_CANDIDATES = 10_000
+"""Default limit of candidates per request: the model server's own default limit
+(--max_request_candidates), checked here so an oversized request fails before it is sent."""
+
 
 def check_user(user_id) -> int:
     """`user_id` as an int in [0, INT64_MAX] (numpy integers accepted), else InvalidRequest."""
@@ -29,10 +33,15 @@ def check_user(user_id) -> int:
         raise InvalidRequest(f"user_id {err.reason}") from None
 
 
-def candidate_arrays(item_ids, cate_ids=None) -> tuple[np.ndarray, np.ndarray]:
-    """(items, cates) as int64 [N] after checking them; `cate_ids=None` gives category 0
-    (unknown) to every item."""
+def candidate_arrays(item_ids, cate_ids=None, max_candidates: int = MAX_CANDIDATES
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(items, cates) as int64 [N] after checking them (at most `max_candidates`);
+    `cate_ids=None` gives category 0 (unknown) to every item."""
     items = _id_array(item_ids, "item_ids")
+    if items.size > max_candidates:
+        raise InvalidRequest(f"{items.size} candidates in one request; at most {max_candidates} "
+                             "are allowed (the model server refuses more, see its "
+                             "--max_request_candidates): split them into several requests")
     if cate_ids is None:
         return items, np.zeros_like(items)
     cates = _id_array(cate_ids, "cate_ids")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -35,8 +36,9 @@ from collections.abc import Sequence
 import numpy as np
 import redis
 
-from client.candidates import candidate_arrays, check_user, padded_candidates
+from client.candidates import MAX_CANDIDATES, candidate_arrays, check_user, padded_candidates
 from client.errors import InvalidRequest, ModelServerError, NotDeployed, StateStoreUnavailable
+from client.tls import TlsConfig
 from client.transport import make_transport
 from uic.contract import MODELS, serving_model_name
 from uic.store import (
@@ -150,6 +152,10 @@ class Scorer:
         redis_retry_after_s: after a Redis failure, skip Redis for this long.
         pool_size: maximum pooled Redis connections.
         namespace: the store's key prefix (with `redis_url`).
+        tls: TLS to the model server (`TlsConfig`: CA, optional client certificate), or
+            True for TLS verified against the system's trust store; None: plaintext.
+        max_candidates: refuse larger requests before sending them (default 10,000, the
+            model server's default --max_request_candidates).
     """
 
     def __init__(self, model: str = "dien", *, redis_url: str | None = None,
@@ -159,7 +165,8 @@ class Scorer:
                  active_ttl_s: float = 1.0, history_length: int = 100,
                  stale_after_s: float = 3600.0, fallback: str = "cold_start",
                  redis_retry_after_s: float = 0.5, pool_size: int = 16,
-                 namespace: str = DEFAULT_NAMESPACE):
+                 namespace: str = DEFAULT_NAMESPACE, tls: TlsConfig | bool | None = None,
+                 max_candidates: int = MAX_CANDIDATES):
         if model not in MODELS:
             raise InvalidRequest(f"model must be one of {list(MODELS)}, got {model!r}")
         _check_arch(arch)
@@ -169,15 +176,27 @@ class Scorer:
             raise InvalidRequest(f"version must be a positive integer, got {version!r}")
         if history_length <= 0:
             raise InvalidRequest(f"history_length must be positive, got {history_length}")
-        if deadline_ms <= 0 or redis_timeout_ms <= 0:
-            raise InvalidRequest("deadline_ms and redis_timeout_ms must be positive")
+        if not (0 < deadline_ms < math.inf and 0 < redis_timeout_ms < math.inf):
+            raise InvalidRequest("deadline_ms and redis_timeout_ms must be positive numbers, "
+                                 f"got {deadline_ms!r} and {redis_timeout_ms!r}")
+        if isinstance(max_candidates, bool) or int(max_candidates) <= 0:
+            raise InvalidRequest(f"max_candidates must be a positive integer, got "
+                                 f"{max_candidates!r}")
+        if tls is True:
+            tls = TlsConfig()
+        self.transport = make_transport(transport, server, retries=retries, tls=tls or None)
         self._owns_store = store is None
         if store is None:
-            store = _fail_fast_store(redis_url, namespace, redis_timeout_ms / 1000.0, pool_size)
+            try:
+                store = _fail_fast_store(redis_url, namespace, redis_timeout_ms / 1000.0,
+                                         pool_size)
+            except InvalidRequest:
+                self.transport.close()
+                raise
         self.model = model
         self.arch = arch
         self.store = store
-        self.transport = make_transport(transport, server, retries=retries)
+        self.max_candidates = int(max_candidates)
         self.pinned_version = None if version is None else int(version)
         self.deadline_ms = float(deadline_ms)
         self.active_ttl_s = float(active_ttl_s)
@@ -201,7 +220,7 @@ class Scorer:
         deadline = t_start + (deadline_ms or self.deadline_ms) / 1000.0
         arch = _check_arch(arch or self.arch)
         uid = check_user(user_id)
-        items, cates = candidate_arrays(item_ids, cate_ids)
+        items, cates = candidate_arrays(item_ids, cate_ids, self.max_candidates)
 
         t_redis = time.perf_counter()
         version, redis_down = self._version()

@@ -8,6 +8,9 @@ so the server can never answer with another version than the one the state was w
 Retries: only UNAVAILABLE (server restarting, connection refused, batch queue full) is retried,
 with a short backoff, and never past the call's deadline. Everything else (INVALID_ARGUMENT,
 NOT_FOUND, DEADLINE_EXCEEDED, ...) fails at once with the server's message.
+
+With a `TlsConfig`, gRPC uses a secure channel and REST uses HTTPS; the server's certificate
+is verified (client/tls.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 
@@ -29,6 +33,7 @@ from client.protos import (
     fill_tensor,
     tensor_to_numpy,
 )
+from client.tls import TlsConfig
 from uic.contract import SIGNATURE_NAME
 
 OUTPUT = "ctr"
@@ -93,12 +98,13 @@ class GrpcTransport(_Retrying):
 
     name = "grpc"
 
-    def __init__(self, server: str, *, retries: int = 2, backoff_ms: float = 5.0):
+    def __init__(self, server: str, *, retries: int = 2, backoff_ms: float = 5.0,
+                 tls: TlsConfig | None = None):
         host, port = parse_target(server, DEFAULT_GRPC_PORT)
         self.target = f"{host}:{port}"
         self.retries = retries
         self.backoff_s = backoff_ms / 1000.0
-        self._channel = grpc.insecure_channel(self.target, options=[
+        options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.enable_retries", 0),  # retries are ours: bounded, UNAVAILABLE only
@@ -107,7 +113,9 @@ class GrpcTransport(_Retrying):
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.keepalive_time_ms", 30000),
-        ])
+        ]
+        self._channel = (grpc.insecure_channel(self.target, options=options) if tls is None
+                         else grpc.secure_channel(self.target, tls.grpc_credentials(), options))
         self._predict = self._channel.unary_unary(
             PREDICT_METHOD,
             request_serializer=PredictRequest.SerializeToString,
@@ -149,15 +157,18 @@ class GrpcTransport(_Retrying):
 
 class RestTransport(_Retrying):
     """TF Serving's REST API (`POST /v1/models/<name>/versions/<v>:predict`, columnar
-    `inputs`), over one keep-alive HTTP connection per thread."""
+    `inputs`), over one keep-alive HTTP connection per thread; HTTPS with a `TlsConfig`
+    (TF Serving's REST port is plain HTTP: HTTPS is for a TLS-terminating proxy in front)."""
 
     name = "rest"
 
-    def __init__(self, server: str, *, retries: int = 2, backoff_ms: float = 5.0):
+    def __init__(self, server: str, *, retries: int = 2, backoff_ms: float = 5.0,
+                 tls: TlsConfig | None = None):
         self.host, self.port = parse_target(server, DEFAULT_REST_PORT)
         self.target = f"{self.host}:{self.port}"
         self.retries = retries
         self.backoff_s = backoff_ms / 1000.0
+        self._ssl_context = None if tls is None else tls.ssl_context()
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
@@ -171,7 +182,9 @@ class RestTransport(_Retrying):
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port)
+            conn = (http.client.HTTPConnection(self.host, self.port)
+                    if self._ssl_context is None else
+                    http.client.HTTPSConnection(self.host, self.port, context=self._ssl_context))
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -195,6 +208,12 @@ class RestTransport(_Retrying):
             conn.close()
             raise ModelServerError("DEADLINE_EXCEEDED", "no answer before the deadline",
                                    target=self.target) from None
+        except ssl.SSLCertVerificationError as err:  # does not go away on retry
+            conn.close()
+            raise ModelServerError(
+                "UNAVAILABLE", f"the server's TLS certificate is not trusted ({err.verify_message});"
+                " check --tls_ca (the CA that signed it) and the host name in --server",
+                target=self.target) from None
         except (ConnectionError, http.client.HTTPException, OSError) as err:
             conn.close()
             raise _Transient(f"{type(err).__name__}: {err}") from None
@@ -224,6 +243,7 @@ class RestTransport(_Retrying):
 
 
 def make_transport(kind: str, server: str, **kwargs) -> GrpcTransport | RestTransport:
+    """The transport `kind` ("grpc" or "rest") to `server`; kwargs: retries, backoff_ms, tls."""
     if kind == "grpc":
         return GrpcTransport(server, **kwargs)
     if kind == "rest":

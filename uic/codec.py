@@ -181,6 +181,12 @@ def decode_state(value: bytes, key: str = "<value>") -> StoredState:
         raise CorruptValue(key, f"format version {fmt} is not supported (expected {FORMAT_VERSION})")
     if code not in _CODE_TO_DTYPE:
         raise CorruptValue(key, f"unknown dtype code {code}")
+    # The same ranges encode_state enforces: a value it could not have written is corrupt.
+    if _reserved != 0 or size == 0 or not 0 <= applied <= MAX_EVENTS_APPLIED \
+            or last_t < 0 or write_t < 0:
+        raise CorruptValue(key, f"header out of range (reserved {_reserved}, size {size}, "
+                                f"events_applied {applied}, last_event_time_ms {last_t}, "
+                                f"write_time_ms {write_t})")
     np_dtype = _CODE_TO_DTYPE[code]
     expected = HEADER_SIZE + id_len + size * np_dtype.itemsize
     if len(value) != expected:
@@ -190,6 +196,8 @@ def decode_state(value: bytes, key: str = "<value>") -> StoredState:
     except UnicodeDecodeError:
         raise CorruptValue(key, "last_event_id is not valid UTF-8") from None
     state = np.frombuffer(value, dtype=np_dtype, offset=HEADER_SIZE + id_len, count=size)
+    if not np.all(np.isfinite(state)):
+        raise CorruptValue(key, "state contains NaN or infinity")
     return StoredState(
         state=state.astype(np.float32),  # a fresh writable array, widened from fp16
         events_applied=applied,

@@ -58,6 +58,11 @@ def test_cli_candidates_file_arch_a_and_json(server, expected, seeded_store, red
     (["--user", "1", "--candidates", "/nonexistent.csv"], "does not exist"),
     (["--user", "1", "--items", "1", "--server", "host:port"], "host:port"),
     (["--user", "1", "--items", "1", "--redis_url", "localhost:6390"], "bad Redis URL"),
+    (["--user", "1", "--items", "1,2,3", "--max_candidates", "2"],
+     "3 candidates in one request; at most 2 are allowed"),
+    (["--user", "1", "--items", ",".join(["7"] * 10_001)],
+     "10001 candidates in one request; at most 10000 are allowed"),
+    (["--user", "1", "--items", "1", "--deadline_ms", "nan"], "must be positive numbers"),
 ])
 def test_cli_bad_input_exits_2_with_a_message(args, fragment, capsys):
     with pytest.raises(SystemExit) as info:
