@@ -284,7 +284,10 @@ def test_xla_model_needs_xla_cpu_compilation_enabled(server_models, model_server
     ids = tf.make_tensor_proto(np.array([[1, 2]], np.int64))
     request.inputs["cand_item_ids"].CopyFrom(ids)
     request.inputs["cand_cate_ids"].CopyFrom(ids)
-    off = model_server_factory({"xla_head": server_models["xla_head"]})
+    # the harness turns XLA on unless told (the project's exports need it); TF Serving's
+    # default, like this server's own, is off
+    off = model_server_factory({"xla_head": server_models["xla_head"]},
+                               ["--xla_cpu_compilation_enabled=false"])
     on = model_server_factory({"xla_head": server_models["xla_head"]},
                               ["--xla_cpu_compilation_enabled=true"])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(off.grpc_target))
