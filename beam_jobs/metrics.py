@@ -67,6 +67,8 @@ class Stream:
     acked = Metrics.counter(STREAM, "acked")
     dead_lettered = Metrics.counter(STREAM, "dead_lettered")
     entry_to_ack_ms = Metrics.distribution(STREAM, "entry_to_ack_ms")  # XADD -> XACK
+    # beam_jobs.supervision
+    reconnects = Metrics.counter(STREAM, "reconnects")  # Redis outages survived
     # WriteToRedisStream
     entries_written = Metrics.counter(STREAM, "entries_written")
 

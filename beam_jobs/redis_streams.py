@@ -35,9 +35,10 @@ from apache_beam.io.watermark_estimators import WalltimeWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
-from beam_jobs import EVENT_FIELD
+from beam_jobs import DEAD_LETTER_SUFFIX, EVENT_FIELD, live_metrics
 from beam_jobs.metrics import Stream as M
-from uic.store import StoreConfig, StreamEntry
+from beam_jobs.supervision import Abandoned, call_through_outages, stop_requested
+from uic.store import StoreConfig, StoreError, StoreUnavailable, StreamEntry
 
 _LOG = logging.getLogger(__name__)
 _END = 2**62  # "forever": one offset of the restriction per poll
@@ -50,7 +51,7 @@ while pending."""
 
 def dead_letter_stream(stream: str) -> str:
     """Where `AckRedisStream` puts the dead letters of `stream`."""
-    return f"{stream}:dlq"
+    return stream + DEAD_LETTER_SUFFIX
 
 
 def entry_time_ms(entry_id: str) -> int:
@@ -128,14 +129,38 @@ class _PollStreamFn(beam.DoFn):
 
     def setup(self):
         spec = self.spec
-        self.store = spec.store.connect()
-        self.store.create_group(spec.stream, spec.group, spec.start_id)
+        self.store = call_through_outages(lambda: reader_config(spec).connect(),
+                                          "connecting the stream reader")
+        call_through_outages(self._create_group, "creating the consumer group")
         self.started = time.monotonic()
         self.last_data = self.started
         self.pending_after: str | None = "0"  # own pending entries: re-read from here; None: done
         self.next_claim = self.started + spec.claim_idle_ms / 1000.0
 
+    def _create_group(self) -> None:
+        self.store.create_group(self.spec.stream, self.spec.group, self.spec.start_id)
+
+    def _reread_pending(self) -> None:
+        """After an outage: re-read this consumer's pending entries (acks the restarted
+        Redis lost, or entries read by a poll the outage cut short)."""
+        self.pending_after = "0"
+
     def _read(self, count: int, block_ms: int | None) -> list[Record]:
+        try:
+            return self._read_once(count, block_ms)
+        except StoreUnavailable:
+            raise
+        except StoreError as err:
+            if "NOGROUP" not in str(err):
+                raise
+        _LOG.warning("consumer group %s of %s is gone (Redis lost its data?): creating it "
+                     "again from start id %s", self.spec.group, self.spec.stream,
+                     self.spec.start_id)
+        self._create_group()
+        self._reread_pending()
+        return self._read_once(count, block_ms)
+
+    def _read_once(self, count: int, block_ms: int | None) -> list[Record]:
         spec, store = self.spec, self.store
         if self.pending_after is not None:
             entries = store.read_pending(spec.stream, spec.group, spec.consumer, count=count,
@@ -157,6 +182,14 @@ class _PollStreamFn(beam.DoFn):
         return [to_record(e) for e in entries]
 
     def _poll(self) -> list[Record]:
+        """One poll, waiting out Redis outages; [] when the job stops during one."""
+        try:
+            return call_through_outages(self._poll_once, "reading the stream",
+                                        on_recovery=self._reread_pending)
+        except Abandoned:
+            return []
+
+    def _poll_once(self) -> list[Record]:
         spec = self.spec
         records = self._read(spec.batch_size, spec.block_ms)
         if records and spec.coalesce_ms > 0:
@@ -169,6 +202,8 @@ class _PollStreamFn(beam.DoFn):
         return records
 
     def _should_stop(self) -> bool:
+        if stop_requested():
+            return True
         now, spec = time.monotonic(), self.spec
         if spec.stop_after_seconds is not None and now - self.started >= spec.stop_after_seconds:
             return True
@@ -179,7 +214,7 @@ class _PollStreamFn(beam.DoFn):
         position = tracker.current_restriction().start
         while True:
             if self._should_stop():
-                _LOG.info("stream reader stopping (drain mode)")
+                _LOG.info("stream reader stopping")
                 tracker.try_claim(_END - 1)  # claim the rest: the restriction is done
                 return
             if not tracker.try_claim(position):
@@ -202,6 +237,16 @@ class _PollStreamFn(beam.DoFn):
             store.client.close()
 
 
+def reader_config(spec: _ReadSpec) -> StoreConfig:
+    """The reader's connection settings: its socket timeout covers the longest blocking
+    XREADGROUP plus the store's own timeout (5 s when the store sets none), so an idle poll
+    never times out while a hung Redis is still noticed."""
+    wait_s = max(spec.block_ms, spec.coalesce_ms) / 1000.0
+    return dataclasses.replace(spec.store,
+                               socket_timeout_s=(spec.store.socket_timeout_s or 5.0) + wait_s,
+                               connect_timeout_s=spec.store.connect_timeout_s or 5.0)
+
+
 class ReadFromRedisStream(beam.PTransform):
     """PBegin -> unbounded PCollection of batches ``[Record, ...]`` read from `stream` as
     `consumer` of `group` (created if missing).
@@ -212,6 +257,11 @@ class ReadFromRedisStream(beam.PTransform):
     pending entries (what a killed run read but never acknowledged; keep `consumer` stable
     across restarts), and every `claim_idle_ms` it takes over entries other consumers left
     pending that long. Nothing is acknowledged here: see `AckRedisStream`.
+
+    Redis outages are waited out with back-off (`beam_jobs.supervision`), after which the
+    consumer re-reads its own pending entries; the read ends when a stop is requested
+    (SIGTERM in the stream job). The reader's socket timeout is the store's plus the
+    longest wait of a poll (`reader_config`).
 
     Args:
       store: where the stream lives. stream, group, consumer: what to read as whom (one
@@ -230,11 +280,6 @@ class ReadFromRedisStream(beam.PTransform):
             raise ValueError("batch_size and block_ms must be >= 1, coalesce_ms and "
                              f"claim_idle_ms >= 0; got {batch_size}, {block_ms}, {coalesce_ms}, "
                              f"{claim_idle_ms}")
-        timeout = store.socket_timeout_s
-        if timeout is not None and max(block_ms, coalesce_ms) >= timeout * 1000:
-            raise ValueError(f"block_ms and coalesce_ms must be below the store's socket timeout "
-                             f"({timeout * 1000:.0f} ms), or a waiting read times out; lower "
-                             "them or raise StoreConfig.socket_timeout_s")
         self.spec = _ReadSpec(store, stream, group, consumer, batch_size, block_ms, coalesce_ms,
                               claim_idle_ms, start_id, max_idle_seconds, stop_after_seconds)
 
@@ -248,15 +293,26 @@ class _AckFn(beam.DoFn):
         self.config, self.stream, self.group = store, stream, group
 
     def setup(self):
-        self.store = self.config.connect()
+        self.store = call_through_outages(self.config.connect, "connecting the acknowledger")
 
     def process(self, processed: Processed):
         dlq = dead_letter_stream(self.stream)
-        self.store.ack(self.stream, self.group, list(processed.ack_ids),
-                       dead_letters=[d.fields(self.stream) for d in processed.dead_letters],
-                       dead_letter_stream=dlq)
+        try:
+            call_through_outages(
+                lambda: self.store.ack(
+                    self.stream, self.group, list(processed.ack_ids),
+                    dead_letters=[d.fields(self.stream) for d in processed.dead_letters],
+                    dead_letter_stream=dlq),
+                "acknowledging")
+        except Abandoned:
+            _LOG.warning("stopping while Redis is unavailable: %d entries stay pending and are "
+                         "re-read (and found already applied) by the next run",
+                         len(processed.ack_ids))
+            return
         M.acked.inc(len(processed.ack_ids))
         M.dead_lettered.inc(len(processed.dead_letters))
+        live_metrics.ACKED.inc(len(processed.ack_ids))
+        live_metrics.DEAD_LETTERS.inc(len(processed.dead_letters))
         now_ms = time.time() * 1000.0
         for entry_id in processed.ack_ids:
             M.entry_to_ack_ms.update(int(now_ms - entry_time_ms(entry_id)))

@@ -20,6 +20,11 @@ and an entry is acknowledged only after its writes, without cross-bundle state. 
 comes from more consumers in the group (more workers); docs/beam_jobs.md explains the
 per-user ordering caveat this leaves.
 
+Supervision (docs/beam_jobs.md, "Supervision"): Redis outages are waited out with back-off,
+SIGTERM drains (the batch in hand is written and acknowledged, exit 0), `--metrics_port`
+serves Prometheus metrics and `python -m beam_jobs.status` prints lag, pending entries and
+dead letters.
+
 Production sources (wired, not testable here: no Pub/Sub or Kafka on this machine):
 `--source pubsub --pubsub_subscription projects/P/subscriptions/S`, or `--source kafka
 --kafka_bootstrap host:9092 --kafka_topic T` (cross-language: needs Java on the workers);
@@ -30,15 +35,18 @@ there the runner acknowledges on checkpoint and the dead letters still go to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
 import apache_beam as beam
 
-from beam_jobs import DEFAULT_STREAM, common, metrics
+from beam_jobs import DEFAULT_STREAM, common, live_metrics, metrics, supervision
 from beam_jobs.metrics import Stream as M
 from beam_jobs.redis_streams import (
     AckRedisStream,
@@ -47,6 +55,7 @@ from beam_jobs.redis_streams import (
     ReadFromRedisStream,
     Record,
 )
+from beam_jobs.supervision import Abandoned, call_through_outages
 from beam_jobs.updater import (
     DEFAULT_ALLOWED_LATENESS_MS,
     DEFAULT_MAX_FUTURE_SKEW_MS,
@@ -88,8 +97,9 @@ class _UpdateBatchFn(beam.DoFn):
     """A batch of records -> events applied and written -> `Processed` (what to ack and what
     to dead-letter). No entry stops the job: any failure to decode, validate or apply one
     entry makes it a dead letter with the reason. Entries whose events lost every CAS race
-    are in neither list: they stay pending and are claimed again later. Only failures of
-    Redis itself (unreachable, permissions) escape, so the runner retries the bundle."""
+    are in neither list: they stay pending and are claimed again later. Redis outages are
+    waited out (`beam_jobs.supervision`); other failures of Redis itself (permissions)
+    escape, so the runner retries the bundle."""
 
     def __init__(self, options: UpdateOptions):
         self.options = options
@@ -98,7 +108,7 @@ class _UpdateBatchFn(beam.DoFn):
         from beam_jobs.updater import StateUpdater
 
         opt = self.options
-        self.store = common.open_store(opt.store)
+        self.store = call_through_outages(opt.store.connect, "connecting the updater")
         self.updater = StateUpdater(self.store, opt.saved_models, opt.model, opt.version,
                                     max_step_events=opt.max_step_events,
                                     behaviour_cap=opt.behaviour_cap,
@@ -111,7 +121,13 @@ class _UpdateBatchFn(beam.DoFn):
         M.entries.inc(len(records))
         events, entries_of, dead, ack = _decode(records)
         M.rejected.inc(len(dead))
-        for user_events, outcome, error in self._apply(events):
+        try:
+            applied = self._apply(events)
+        except Abandoned:
+            _LOG.warning("stopping while Redis is unavailable: the %d entries of the batch in "
+                         "hand stay pending and are re-read by the next run", len(records))
+            return
+        for user_events, outcome, error in applied:
             if error is not None:  # this user's events cannot be applied: dead letters
                 M.update_errors.inc(len(user_events))
                 for event in user_events:
@@ -122,6 +138,8 @@ class _UpdateBatchFn(beam.DoFn):
             for name in ("duplicates", "applied", "users", "new_users", "states_written",
                          "cas_conflicts", "late_applied", "rebuilds"):
                 getattr(M, name).inc(getattr(outcome, name))
+            live_metrics.APPLIED.inc(outcome.applied)
+            live_metrics.CAS_CONFLICTS.inc(outcome.cas_conflicts)
             M.unapplied.inc(len(outcome.unapplied))
             for bad in outcome.corrupt:
                 M.corrupt_states.inc()
@@ -138,18 +156,24 @@ class _UpdateBatchFn(beam.DoFn):
         ack.extend(i for ids in entries_of.values() for i in ids)  # applied or duplicates
         yield Processed(tuple(ack), tuple(dead))
 
+    def _update(self, events):
+        """The updater's apply, redone while Redis is unavailable: a redo after a partial
+        write is safe (compare-and-set states, idempotent log, nothing acknowledged yet)."""
+        return call_through_outages(lambda: self.updater.apply(events), "updating states")
+
     def _apply(self, events):
         """[(events, outcome, None)] for the batch, or per user when the batch fails; a user
-        whose update fails has (events, None, reason)."""
+        whose update fails has (events, None, reason). Raises `Abandoned` when the job stops
+        during a Redis outage."""
         from uic.store import CorruptValue, StoreError
 
         if not events:
             return []
         try:
-            return [(events, self.updater.apply(events), None)]
+            return [(events, self._update(events), None)]
         except StoreError as err:
             if not isinstance(err, CorruptValue):
-                raise  # Redis itself: let the runner retry the bundle
+                raise  # Redis itself (not an outage): let the runner retry the bundle
             first = err
         except Exception as err:  # noqa: BLE001 - isolate the user(s) it comes from
             first = err
@@ -161,7 +185,7 @@ class _UpdateBatchFn(beam.DoFn):
         out = []
         for user_events in by_user.values():
             try:
-                out.append((user_events, self.updater.apply(user_events), None))
+                out.append((user_events, self._update(user_events), None))
             except StoreError as err:
                 if not isinstance(err, CorruptValue):
                     raise
@@ -272,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_future_skew_ms", type=int, default=DEFAULT_MAX_FUTURE_SKEW_MS,
                         help="dead-letter events whose event_time_ms is further ahead of this "
                              "machine's clock (default: %(default)s = 5 minutes)")
+    parser.add_argument("--metrics_port", type=int, default=0,
+                        help="serve Prometheus metrics on 127.0.0.1:<port> (lag, pending "
+                             "entries, dead letters, CAS conflicts, reconnects; 0 = off, "
+                             "the default)")
     parser.add_argument("--pubsub_subscription", default=None,
                         help="--source pubsub: projects/<p>/subscriptions/<s> (Event JSON "
                              "messages)")
@@ -284,6 +312,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("batch_size", "max_step_events", "block_ms"):
         if getattr(args, name) < 1:
             raise common.JobError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.metrics_port < 65536:
+        raise common.JobError(f"--metrics_port must be in 0..65535, got {args.metrics_port}")
     for name in ("coalesce_ms", "claim_idle_ms", "allowed_lateness_ms", "max_future_skew_ms"):
         if getattr(args, name) < 0:
             raise common.JobError(f"--{name} must be >= 0, got {getattr(args, name)}")
@@ -329,7 +359,8 @@ def read_batches(pipeline, args: argparse.Namespace, store: StoreConfig):
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, int]:
-    """Parse arguments, run the job until it drains or is stopped, return its counters."""
+    """Parse arguments, run the job until it drains or is stopped (SIGTERM: finish the batch
+    in hand, then end), return its counters."""
     args, beam_args = build_parser().parse_known_args(argv)
     common.setup_logging(args.verbose)
     check_args(args)
@@ -337,27 +368,65 @@ def run(argv: Sequence[str] | None = None) -> dict[str, int]:
     if version is not None:
         common.check_export(args.saved_models, args.model, version, ["step", "tower"])
     store_config = common.store_config(args)
-    store = common.open_store(store_config)
-    if version is None:
-        active = store.get_active_version(args.model)
-        check = common.check_export(args.saved_models, args.model, active, ["step", "tower"])
-        _LOG.info("following the active version of %s (now v%d)", args.model, check)
-    options = UpdateOptions(store_config, args.saved_models, args.model, version,
-                            args.max_step_events, args.behaviour_cap, not args.no_behaviours,
-                            args.allowed_lateness_ms, args.max_future_skew_ms)
-    pipeline_options = common.pipeline_options(beam_args, streaming=True)
-    pipeline = beam.Pipeline(runner=common.make_runner(pipeline_options),
-                             options=pipeline_options)
-    (read_batches(pipeline, args, store_config)
-     | "Update" >> UpdateInterestStates(options)
-     | "Ack" >> AckRedisStream(store_config, args.stream, args.group))
-    where = f"{args.source} {args.stream}" if args.source == "redis" else args.source
-    stop = (f"drains after {args.max_idle_seconds}s idle" if args.max_idle_seconds
-            else "Ctrl-C to stop")
-    print(f"stream job: {args.model} from {where}; {stop}", flush=True)
-    result = pipeline.run()
-    result.wait_until_finish()
+    supervision.reset()
+    with _stop_on_sigterm():
+        store = _open_store_waiting(store_config)
+        if version is None:
+            active = call_through_outages(lambda: store.get_active_version(args.model),
+                                          "reading the active version")
+            check = common.check_export(args.saved_models, args.model, active, ["step", "tower"])
+            _LOG.info("following the active version of %s (now v%d)", args.model, check)
+        store.client.close()
+        options = UpdateOptions(store_config, args.saved_models, args.model, version,
+                                args.max_step_events, args.behaviour_cap, not args.no_behaviours,
+                                args.allowed_lateness_ms, args.max_future_skew_ms)
+        pipeline_options = common.pipeline_options(beam_args, streaming=True)
+        pipeline = beam.Pipeline(runner=common.make_runner(pipeline_options),
+                                 options=pipeline_options)
+        (read_batches(pipeline, args, store_config)
+         | "Update" >> UpdateInterestStates(options)
+         | "Ack" >> AckRedisStream(store_config, args.stream, args.group))
+        where = f"{args.source} {args.stream}" if args.source == "redis" else args.source
+        stop = (f"drains after {args.max_idle_seconds}s idle" if args.max_idle_seconds
+                else "SIGTERM or Ctrl-C to stop")
+        stop_metrics = None
+        if args.metrics_port:
+            stop_metrics = live_metrics.serve(args.metrics_port, store_config, args.stream,
+                                              args.group)
+            print(f"metrics on http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
+        print(f"stream job: {args.model} from {where}; {stop}", flush=True)
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
     return metrics.totals(result, metrics.STREAM)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM asks the job to drain (`supervision.request_stop`) while the block runs. Only
+    the main thread may set signal handlers; elsewhere nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, supervision.request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _open_store_waiting(config: StoreConfig):
+    """The store, waiting while Redis is unavailable (a job restarted during an outage
+    starts when Redis is back); other errors (credentials, TLS, URL) fail at once."""
+    from uic.store import StoreError
+
+    try:
+        return call_through_outages(config.connect, "starting the stream job")
+    except StoreError as err:
+        raise common.JobError(str(err)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -367,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except common.JobError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Abandoned:
+        print("stopped before Redis came back; nothing was read", file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
         print("stopped; unacknowledged entries stay pending and are re-read on restart",
               file=sys.stderr)

@@ -48,8 +48,8 @@ from uic.events import Event
 __all__ = [
     "DEFAULT_BEHAVIOUR_CAP", "DEFAULT_NAMESPACE", "DEFAULT_REDIS_PORT", "DEFAULT_REDIS_URL",
     "CONFLICT", "CORRUPT", "WRITTEN", "CasRow", "CodecError", "CorruptState", "CorruptValue",
-    "InterestStore", "StoreConfig", "StoredState", "StoreError",
-    "StreamEntry", "connect", "open_redis", "redact_url",
+    "InterestStore", "StoreConfig", "StoredState", "StoreError", "StoreUnavailable",
+    "StreamEntry", "StreamGroupStatus", "connect", "open_redis", "redact_url",
 ]
 
 DEFAULT_REDIS_PORT = 6390
@@ -119,6 +119,13 @@ end
 CAS_SHA = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()
 _SCRIPTS = {FORWARD_SHA: FORWARD_SCRIPT, CAS_SHA: CAS_SCRIPT}
 
+class StoreUnavailable(StoreError):
+    """Redis is down or did not answer within the socket timeout. Transient: the same call
+    may succeed once Redis is back (the stream job retries with back-off). Wrong
+    credentials, missing permissions and TLS set-up failures are plain `StoreError`s: they
+    need a fix, not a retry."""
+
+
 WRITTEN, CONFLICT, CORRUPT = "written", "conflict", "corrupt"
 """Per-row outcomes of `InterestStore.compare_and_set_states`."""
 
@@ -166,6 +173,21 @@ class StreamEntry:
 
     entry_id: str
     fields: dict[str, bytes] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamGroupStatus:
+    """A consumer group's progress on a stream (`InterestStore.group_status`). `lag`:
+    entries not yet delivered to the group (None when Redis cannot tell, e.g. after
+    XDEL); `consumers`: name -> (pending entries, idle ms)."""
+
+    length: int
+    exists: bool
+    lag: int | None
+    pending: int = 0
+    oldest_pending_idle_ms: int | None = None
+    last_delivered_id: str | None = None
+    consumers: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def redact_url(url: str) -> str:
@@ -241,7 +263,7 @@ class StoreConfig:
         except ValueError as err:
             raise StoreError(f"bad Redis URL {redact_url(self.url)}: {err}") from None
         except redis.RedisError as err:
-            raise StoreError(_explain(err, redact_url(self.url))) from err
+            raise _store_error(err, redact_url(self.url)) from err
 
     def connect(self, *, check: bool = True) -> InterestStore:
         """An `InterestStore` on this config. With `check=True` (default) the connection and
@@ -349,7 +371,7 @@ class InterestStore:
                 raise CorruptValue(key, "not a UIS state value (seen by the CAS script)") from err
             raise StoreError(_explain(err, self._where)) from err
         except redis.RedisError as err:
-            raise StoreError(_explain(err, self._where)) from err
+            raise _store_error(err, self._where) from err
 
     # -- states -----------------------------------------------------------------------------
     def write_state(self, model: str, version: int, user_id: int, state, events_applied: int,
@@ -690,6 +712,30 @@ class InterestStore:
         with self._errors():
             return int(self.client.xpending(stream, group)["pending"])
 
+    def group_status(self, stream: str, group: str) -> StreamGroupStatus:
+        """How far `group` is behind on `stream` and what it holds unacknowledged, read with
+        XLEN, XINFO GROUPS / CONSUMERS and XPENDING (a few round trips; for status pages)."""
+        with self._errors():
+            length = int(self.client.xlen(stream))
+            try:
+                groups = self.client.xinfo_groups(stream)
+            except redis.ResponseError as err:
+                if "no such key" not in str(err).lower():
+                    raise
+                groups = []
+            info = next((g for g in groups if _text(g["name"]) == group), None)
+            if info is None:
+                return StreamGroupStatus(length, exists=False, lag=length)
+            consumers = {_text(c["name"]): (int(c["pending"]), int(c["idle"]))
+                         for c in self.client.xinfo_consumers(stream, group)}
+            oldest = self.client.xpending_range(stream, group, "-", "+", 1)
+        lag = info.get("lag")
+        return StreamGroupStatus(
+            length, exists=True, lag=None if lag is None else int(lag),
+            pending=int(info["pending"]),
+            oldest_pending_idle_ms=int(oldest[0]["time_since_delivered"]) if oldest else None,
+            last_delivered_id=_text(info["last-delivered-id"]), consumers=consumers)
+
     def replay_stream(self, stream: str, *, after: str | None = None, chunk: int = 1000
                       ) -> Iterator[list[StreamEntry]]:
         """Every retained entry of `stream` (after id `after`, if given) in id order, in
@@ -762,6 +808,26 @@ def _key_from_corrupt(message: str) -> str:
     return m.group(1) if m else "<unknown>"
 
 
+def _tls_says_so(text: str) -> bool:
+    return "SSL" in text or "certificate" in text or "EOF occurred in violation of protocol" in text
+
+
+def _is_tls_failure(err: Exception, where: str) -> bool:
+    """A failed TLS handshake or certificate check, or a rediss:// connection that got no
+    handshake (e.g. a plaintext server); a refused connection is a server that is down."""
+    text = str(err)
+    return _tls_says_so(text) or (where.startswith("rediss:") and "refused" not in text.lower())
+
+
+def _store_error(err: redis.RedisError, where: str) -> StoreError:
+    """The StoreError for a redis-py exception: `StoreUnavailable` when Redis is down or
+    silent (worth retrying), a plain StoreError for what needs a fix (credentials, TLS)."""
+    transient = (isinstance(err, redis.ConnectionError | redis.TimeoutError)
+                 and not isinstance(err, redis.AuthenticationError)
+                 and not _tls_says_so(str(err)))
+    return (StoreUnavailable if transient else StoreError)(_explain(err, where))
+
+
 def _explain(err: Exception, where: str) -> str:
     """Turn a redis-py exception into a message that says what to do."""
     text = str(err)
@@ -773,6 +839,10 @@ def _explain(err: Exception, where: str) -> str:
                 "keys uic:* and the commands get mget set eval evalsha script zadd zrange "
                 "zremrangebyrank expire unlink scan ping hset hgetall hdel; the Beam stream "
                 "job also xadd xlen xgroup xreadgroup xautoclaim xack xpending xrange.")
+    if isinstance(err, redis.ConnectionError | redis.TimeoutError) and _is_tls_failure(err, where):
+        return (f"TLS with Redis at {where} failed ({text}). Pass the CA that signed the "
+                "server's certificate as ?ssl_ca_certs=/path/ca.pem; if the server requires "
+                "client certificates, also ?ssl_certfile=...&ssl_keyfile=...")
     if isinstance(err, redis.ConnectionError | redis.TimeoutError):
         return (f"cannot reach Redis at {where} ({text}). Is it running? Start one with "
                 f"`make redis-start` (port {DEFAULT_REDIS_PORT}).")

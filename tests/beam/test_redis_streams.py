@@ -4,7 +4,6 @@ Redis, without any model: what is read, re-read, claimed, dead-lettered and ackn
 from __future__ import annotations
 
 import apache_beam as beam
-import pytest
 
 from beam_jobs import common, metrics
 from beam_jobs.redis_streams import (
@@ -101,7 +100,11 @@ def test_entry_without_event_field_reads_as_none(redis_url):
     assert store.pending_count(STREAM, GROUP) == 0
 
 
-def test_read_rejects_a_block_longer_than_the_socket_timeout(redis_url):
-    with pytest.raises(ValueError, match="socket timeout"):
-        ReadFromRedisStream(StoreConfig(url=redis_url, socket_timeout_s=0.5), STREAM, GROUP,
-                            block_ms=600)
+def test_a_block_longer_than_the_socket_timeout_is_no_outage(redis_url):
+    """The reader's socket timeout covers its BLOCK time: idle polls of 600 ms on a store
+    whose socket timeout is 0.2 s read normally and never count as a Redis outage."""
+    config = StoreConfig(url=redis_url, socket_timeout_s=0.2)
+    store_connect(config).add_to_stream(STREAM, [{"event": "a"}, {"event": "b"}])
+    totals = _run(_read_settle_ack(config, block_ms=600), streaming=True)
+    assert totals["acked"] == 2
+    assert totals["polls"] >= 2 and "reconnects" not in totals

@@ -29,6 +29,7 @@ from uic.store import (
     CorruptValue,
     InterestStore,
     StoreError,
+    StoreUnavailable,
     open_redis,
 )
 from uic.store import connect as store_connect
@@ -448,8 +449,37 @@ def test_missing_password_and_missing_permission(auth_server):
 def test_unreachable_server_is_a_clear_error():
     from devkit.ports import free_port
 
-    with pytest.raises(StoreError, match="cannot reach Redis .*make redis-start"):
+    with pytest.raises(StoreUnavailable, match="cannot reach Redis .*make redis-start"):
         store_connect(f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=1)
+
+
+def test_a_server_that_stops_answering_is_unavailable(redis_url):
+    """A Redis that hangs (CLIENT PAUSE) past the socket timeout: StoreUnavailable, which
+    the stream job waits out, while a wrong password is a plain StoreError it reports."""
+    store = store_connect(redis_url, socket_timeout_s=0.3, retries=0)
+    admin = store_connect(redis_url)
+    admin.client.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    try:
+        with pytest.raises(StoreUnavailable, match="cannot reach Redis"):
+            store.read_state("dien", 1, 1)
+    finally:
+        admin.client.execute_command("CLIENT", "UNPAUSE")
+    assert store.read_state("dien", 1, 1) is None  # the same store works again
+
+
+def test_bad_credentials_are_not_unavailable(auth_server):
+    with pytest.raises(StoreError) as info:
+        store_connect(f"redis://:wrong@127.0.0.1:{auth_server.port}/0")
+    assert not isinstance(info.value, StoreUnavailable)
+
+
+def test_tls_to_a_plaintext_server_says_how_to_pass_the_ca(redis_server):
+    with pytest.raises(StoreError) as info:
+        store_connect(f"rediss://127.0.0.1:{redis_server.port}/0", connect_timeout_s=2,
+                      socket_timeout_s=2, retries=0)
+    text = str(info.value)
+    assert text.startswith("TLS with Redis at rediss://127.0.0.1"), text
+    assert "?ssl_ca_certs=/path/ca.pem" in text and "ssl_certfile" in text
 
 
 def test_state_value_decodes_with_the_public_codec(store):
