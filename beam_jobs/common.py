@@ -31,6 +31,18 @@ class JobError(Exception):
     """A problem with the job's inputs that the user must fix; the message says how."""
 
 
+def add_store_args(parser: argparse.ArgumentParser) -> None:
+    """Where the interest store is: one definition for every job and tool."""
+    parser.add_argument("--redis_url", default=DEFAULT_REDIS_URL,
+                        help="interest store (default: %(default)s)")
+    parser.add_argument("--redis_password_env", default=None, metavar="VAR",
+                        help="read the Redis password from this environment variable instead "
+                             "of the URL (keeps it out of argv, logs and the pipeline that "
+                             "Beam ships to workers; set it on every worker)")
+    parser.add_argument("--redis_cluster", action="store_true",
+                        help="the URL points at a Redis Cluster node (keys use hash tags)")
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Model, version, export root and store options shared by the jobs."""
     parser.add_argument("--model", required=True, choices=contract.SEQUENCE_MODELS,
@@ -40,10 +52,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "job follows the store's active-version pointer)")
     parser.add_argument("--saved_models", default="saved_models",
                         help="export root holding <model>_<part>/<version>/ (default: %(default)s)")
-    parser.add_argument("--redis_url", default=DEFAULT_REDIS_URL,
-                        help="interest store (default: %(default)s)")
-    parser.add_argument("--redis_cluster", action="store_true",
-                        help="the URL points at a Redis Cluster node (keys use hash tags)")
+    add_store_args(parser)
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE,
                         help="store key prefix; a separate one holds e.g. point-in-time "
                              "snapshots next to the live states (default: %(default)s)")
@@ -57,7 +66,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def store_config(args: argparse.Namespace) -> StoreConfig:
     """The `uic.store.StoreConfig` the flags describe (picklable; workers connect from it)."""
     return StoreConfig(url=args.redis_url, cluster=bool(args.redis_cluster),
-                       namespace=args.namespace, dtype=args.state_dtype)
+                       password_env=args.redis_password_env,
+                       namespace=getattr(args, "namespace", DEFAULT_NAMESPACE),
+                       dtype=getattr(args, "state_dtype", "fp32"))
 
 
 def open_store(config: StoreConfig) -> InterestStore:

@@ -19,8 +19,8 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
-from beam_jobs import DEFAULT_STREAM, EVENT_FIELD
-from uic.store import DEFAULT_REDIS_URL, InterestStore, StoreError, connect, redact_url
+from beam_jobs import DEFAULT_STREAM, EVENT_FIELD, common
+from uic.store import InterestStore, StoreError, redact_url
 
 
 def file_payloads(path: str) -> Iterator[str]:
@@ -104,9 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--synthetic", type=int, metavar="N", help="send N random valid events")
     parser.add_argument("--rate", type=float, default=100.0,
                         help="events per second, 0 = as fast as possible (default: %(default)s)")
-    parser.add_argument("--redis_url", default=DEFAULT_REDIS_URL, help="default: %(default)s")
-    parser.add_argument("--redis_cluster", action="store_true",
-                        help="the URL points at a Redis Cluster node")
+    common.add_store_args(parser)
     parser.add_argument("--stream", default=DEFAULT_STREAM, help="default: %(default)s")
     parser.add_argument("--limit", type=int, default=None, help="send at most this many events")
     parser.add_argument("--maxlen", type=int, default=None,
@@ -145,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {p}", file=sys.stderr)
         return 2
     try:
-        store = connect(args.redis_url, cluster=args.redis_cluster)
+        store = common.store_config(args).connect()
     except StoreError as err:
         print(f"error: {err} (or pass --redis_url)", file=sys.stderr)
         return 2

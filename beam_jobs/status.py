@@ -16,13 +16,11 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from beam_jobs import DEAD_LETTER_SUFFIX, DEFAULT_STREAM
+from beam_jobs import DEAD_LETTER_SUFFIX, DEFAULT_STREAM, common
 from uic import contract
 from uic.store import (
     DEFAULT_NAMESPACE,
-    DEFAULT_REDIS_URL,
     InterestStore,
-    StoreConfig,
     StoreError,
     StreamGroupStatus,
 )
@@ -68,10 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m beam_jobs.status",
         description="Lag, pending entries, dead letters and consumers of the stream job's "
                     "consumer group, and the active model versions, read from Redis.")
-    parser.add_argument("--redis_url", default=DEFAULT_REDIS_URL,
-                        help="interest store (default: %(default)s)")
-    parser.add_argument("--redis_cluster", action="store_true",
-                        help="the URL points at a Redis Cluster node")
+    common.add_store_args(parser)
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE,
                         help="store key prefix (default: %(default)s)")
     parser.add_argument("--stream", default=DEFAULT_STREAM, help="default: %(default)s")
@@ -81,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = StoreConfig(url=args.redis_url, cluster=args.redis_cluster,
-                         namespace=args.namespace)
+    config = common.store_config(args)
     try:
         status = read_status(config.connect(), args.stream, args.group)
     except StoreError as err:

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -224,6 +225,9 @@ class StoreConfig:
       max_connections: connection-pool size (None: redis-py's default).
       retries: redis-py's retries of a failed command (None: its default; 0 fails fast, for
         callers with a fallback of their own such as the client).
+      password_env: name of an environment variable holding the Redis password, read when
+        connecting. The secret then never sits in the URL, argv, logs or a pickled config
+        (what Beam ships to its workers): only the variable's name does.
     """
 
     url: str = DEFAULT_REDIS_URL
@@ -235,6 +239,7 @@ class StoreConfig:
     connect_timeout_s: float | None = 5.0
     max_connections: int | None = None
     retries: int | None = None
+    password_env: str | None = None
 
     def __repr__(self) -> str:  # never print the password
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
@@ -248,6 +253,12 @@ class StoreConfig:
                     "socket_connect_timeout": self.connect_timeout_s}
         if self.max_connections is not None:
             kw["max_connections"] = self.max_connections
+        if self.password_env:
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise StoreError(f"the Redis password variable {self.password_env} is not set "
+                                 "in this process's environment (set it on every worker)")
+            kw["password"] = password
         if self.retries is not None:
             from redis.backoff import NoBackoff
             from redis.retry import Retry
