@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream", default=DEFAULT_STREAM, help="default: %(default)s")
     parser.add_argument("--limit", type=int, default=None, help="send at most this many events")
     parser.add_argument("--maxlen", type=int, default=None,
-                        help="trim the stream to about this many entries (XADD MAXLEN ~)")
+                        help="trim the stream towards this many entries, but only of entries every "
+                             "consumer group has read and acknowledged")
     parser.add_argument("--users", type=int, default=1000, help="--synthetic: user ids 1..N")
     parser.add_argument("--items", type=int, default=50_000, help="--synthetic: item ids 1..N")
     parser.add_argument("--categories", type=int, default=500,

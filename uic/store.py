@@ -639,7 +639,9 @@ class InterestStore:
     def add_to_stream(self, stream: str, entries: Iterable[Mapping[str, bytes | str]], *,
                       maxlen: int | None = None) -> list[str]:
         """XADD each entry (a field -> value mapping), pipelined (one round trip per 1,000).
-        `maxlen` trims the stream to about that many entries (MAXLEN ~). Returns the ids."""
+        With `maxlen`, the stream is then trimmed towards that many entries, but only of
+        entries every consumer group has read and acknowledged (`trim_consumed`): an entry
+        nobody has processed is never trimmed. Returns the ids."""
         if maxlen is not None:
             maxlen = check_int("maxlen", maxlen, 1)
         ids: list[str] = []
@@ -648,9 +650,43 @@ class InterestStore:
             while batch := list(itertools.islice(it, 1000)):
                 pipe = self._pipeline()
                 for fields in batch:
-                    pipe.xadd(stream, dict(fields), maxlen=maxlen, approximate=maxlen is not None)
+                    pipe.xadd(stream, dict(fields))
                 ids.extend(_text(i) for i in pipe.execute())
+        if maxlen is not None:
+            self.trim_consumed(stream, maxlen)
         return ids
+
+    def trim_consumed(self, stream: str, maxlen: int) -> int:
+        """Delete the oldest entries beyond `maxlen`, but only those below every consumer
+        group's oldest pending entry and at or below its last-delivered id (XTRIM MINID). A
+        stream without a group keeps everything: its entries are all unread. Returns how
+        many entries were deleted."""
+        maxlen = check_int("maxlen", maxlen, 1)
+        with self._errors():
+            excess = int(self.client.xlen(stream)) - maxlen
+            if excess <= 0:
+                return 0
+            try:
+                groups = self.client.xinfo_groups(stream)
+            except redis.ResponseError:
+                return 0
+            if not groups:
+                return 0
+            bounds = []  # per group: entries with an id below this are consumed
+            for info in groups:
+                pending = self.client.xpending(stream, info["name"])
+                if pending["pending"]:
+                    bounds.append(_stream_id(pending["min"]))
+                else:
+                    ms, seq = _stream_id(info["last-delivered-id"])
+                    bounds.append((ms, seq + 1))
+            bound = min(bounds)
+            consumed = self.client.xrange(stream, min="-", max=f"({bound[0]}-{bound[1]}",
+                                          count=excess)
+            if not consumed:
+                return 0
+            ms, seq = _stream_id(consumed[-1][0])
+            return int(self.client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=False))
 
     def stream_length(self, stream: str) -> int:
         with self._errors():
@@ -805,6 +841,12 @@ def _stream_entries(raw) -> list[StreamEntry]:
     return [StreamEntry(_text(entry_id),
                         {_text(k): v for k, v in fields.items()} if fields else None)
             for entry_id, fields in raw or []]
+
+
+def _stream_id(value) -> tuple[int, int]:
+    """A stream entry id ``<ms>-<seq>`` as a comparable pair."""
+    ms, _, seq = _text(value).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _cluster_enabled(client) -> bool:

@@ -555,5 +555,19 @@ def test_stream_add_in_chunks_trim_and_replay(store):
     assert [e.fields["event"] for e in chunks[2][-2:]] == [b"2498", b"2499"]
     assert [e.entry_id for c in store.replay_stream("r", after=ids[2497]) for e in c] == ids[2498:]
     assert list(store.replay_stream("missing")) == []
-    store.add_to_stream("t", ({"event": str(i)} for i in range(2000)), maxlen=100)
-    assert 100 <= store.stream_length("t") < 300  # MAXLEN ~ trims whole nodes
+
+
+def test_maxlen_never_trims_entries_a_group_has_not_processed(store):
+    ids = store.add_to_stream("t", ({"event": str(i)} for i in range(50)), maxlen=10)
+    assert store.stream_length("t") == 50  # no group: every entry is unread, nothing goes
+    store.create_group("t", "g", "0")
+    read = store.read_new("t", "g", "c1", count=30)  # 30 delivered ...
+    store.ack("t", "g", [e.entry_id for e in read[:20]])  # ... 20 of them acknowledged
+    store.add_to_stream("t", ({"event": "late"} for _ in range(5)), maxlen=10)
+    left = [e.entry_id for chunk in store.replay_stream("t") for e in chunk]
+    assert left[0] == ids[20]  # the 20 processed entries went; the pending 10 stay
+    assert len(left) == 35
+    store.ack("t", "g", [e.entry_id for e in read[20:]])
+    store.create_group("t", "slow", "0")  # a second group that has read nothing
+    store.add_to_stream("t", [{"event": "x"}], maxlen=10)
+    assert store.stream_length("t") == 36  # the slow group holds everything back
