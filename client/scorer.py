@@ -334,6 +334,13 @@ class Scorer:
             raise StateStoreUnavailable(
                 f"Redis is unreachable ({err}) and no active version of {self.model!r} is "
                 "known yet; start Redis / check --redis_url, or pin --version") from None
+        if version is None and active is not None:
+            # The pointer vanished under a running client: Redis restarted without its data
+            # (or was flushed). Keep serving the last known version, degraded to its cached
+            # cold-start state, until the pointer is back.
+            return active[0], (f"no active version of {self.model!r} in Redis any more "
+                               "(restarted without its data?); serving the last known "
+                               f"version {active[0]}")
         if version is None:
             raise NotDeployed(
                 f"no active version of {self.model!r} in Redis (key "

@@ -90,6 +90,24 @@ def test_unknown_user_gets_the_cold_start_state(server, expected, seeded_store):
     assert_close(a.scores, expected.cold_scores[("dien", 1)])
 
 
+def test_emptied_redis_degrades_then_recovers_when_restored(server, expected, seeded_store):
+    """Redis restarted without its data: the pointer, states and cold-start states are gone.
+    A running client keeps answering with its cached cold-start state, marked degraded with
+    the reason, and is fresh again once the data is restored."""
+    with Scorer("dien", store=seeded_store, server=server.grpc_target, deadline_ms=5000,
+                active_ttl_s=0.0) as scorer:
+        assert scorer.score(11, CAND_ITEMS, CAND_CATES).status == ScoreStatus.FRESH
+        seeded_store.client.flushall()
+        empty = scorer.score(11, CAND_ITEMS, CAND_CATES)
+        assert empty.status == ScoreStatus.DEGRADED
+        assert "no active version" in empty.reason
+        assert_close(empty.scores, expected.cold_scores[("dien", 1)])
+        seed(seeded_store, expected)
+        back = scorer.score(11, CAND_ITEMS, CAND_CATES)
+        assert back.status == ScoreStatus.FRESH
+        assert_close(back.scores, expected.scores[("dien", 1, 11)])
+
+
 def test_old_state_is_reported_stale(server, seeded_store):
     with Scorer("mimn", store=seeded_store, server=server.grpc_target, deadline_ms=5000,
                 stale_after_s=0.001) as scorer:
