@@ -222,17 +222,26 @@ class Scorer:
         uid = check_user(user_id)
         items, cates = candidate_arrays(item_ids, cate_ids, self.max_candidates)
 
-        t_redis = time.perf_counter()
-        version, redis_down = self._version()
-        user = self._user_inputs(arch, version, uid, redis_down)
-
-        t_build = time.perf_counter()
         served = serving_model_name(self.model, ARCH_PARTS[arch])
         candidates = padded_candidates(items, cates)
-        request = self.transport.build(served, version, {**user.tensors, **candidates})
+        for retry in (False, True):
+            t_redis = time.perf_counter()
+            version, redis_down = self._version()
+            user = self._user_inputs(arch, version, uid, redis_down)
 
-        t_call = time.perf_counter()
-        scores, attempts = self.transport.call(request, deadline)
+            t_build = time.perf_counter()
+            request = self.transport.build(served, version, {**user.tensors, **candidates})
+
+            t_call = time.perf_counter()
+            try:
+                scores, attempts = self.transport.call(request, deadline)
+                break
+            except ModelServerError as err:
+                # NOT_FOUND for the version the pointer named: a roll-out or roll-back moved
+                # on while our pointer was cached. Re-read the pointer once and score again
+                # (with the state of that version, never mixing versions).
+                if retry or err.code != "NOT_FOUND" or not self._expire_pointer(version):
+                    raise
         t_end = time.perf_counter()
         sent = candidates["cand_item_ids"].shape
         if scores.shape != sent:
@@ -353,6 +362,15 @@ class Scorer:
             except (_RedisDown, NotDeployed):
                 pass
         return version, None
+
+    def _expire_pointer(self, version: int) -> bool:
+        """Forget the cached pointer if it still names `version` and the version was not
+        pinned; True when the next `_version()` will read Redis again."""
+        if self.pinned_version is not None or self._active is None or \
+                self._active[0] != version:
+            return False
+        self._active = (version, 0.0)
+        return True
 
     def _cold_start(self, version: int) -> np.ndarray:
         """The cold-start state of `version`, [1, S]; read from Redis once, then cached."""

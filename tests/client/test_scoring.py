@@ -108,6 +108,24 @@ def test_emptied_redis_degrades_then_recovers_when_restored(server, expected, se
         assert_close(back.scores, expected.scores[("dien", 1, 11)])
 
 
+def test_not_found_after_a_flip_refreshes_the_cached_pointer_once(server, expected,
+                                                                   seeded_store):
+    """A cached pointer naming a version the server does not have (a roll-out moved on):
+    the client re-reads the pointer once and scores with the version it names now."""
+    from client import ModelServerError
+
+    seeded_store.set_active_version("dien", 9)  # a version no server has
+    with Scorer("dien", store=seeded_store, server=server.grpc_target, deadline_ms=5000,
+                arch="A", active_ttl_s=600) as scorer:
+        with pytest.raises(ModelServerError) as missing:  # the pointer still says 9
+            scorer.score(11, CAND_ITEMS, CAND_CATES)
+        assert missing.value.code == "NOT_FOUND"
+        seeded_store.set_active_version("dien", 1)  # cached as 9 for another 600 s
+        result = scorer.score(11, CAND_ITEMS, CAND_CATES)
+    assert result.version == 1 and result.status == ScoreStatus.FRESH
+    assert_close(result.scores, expected.scores[("dien", 1, 11)])
+
+
 def test_old_state_is_reported_stale(server, seeded_store):
     with Scorer("mimn", store=seeded_store, server=server.grpc_target, deadline_ms=5000,
                 stale_after_s=0.001) as scorer:
