@@ -172,7 +172,11 @@ def test_hundreds_of_half_open_connections_cost_no_threads(server, stubs):
         assert peak.growth < MAX_GROWTH
         # the oldest half-open sockets were closed to make room
         sockets[0].settimeout(10)
-        assert sockets[0].recv(100) == b""
+        try:
+            closed = sockets[0].recv(100) == b""
+        except ConnectionResetError:  # closed with our unread bytes queued: the kernel sends RST
+            closed = True
+        assert closed
     finally:
         for s in sockets:
             s.close()
