@@ -153,8 +153,17 @@ class Rest:
         self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
 
     def post(self, path: str, body: bytes) -> bytes:
-        self.conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        response = self.conn.getresponse()
+        try:
+            self.conn.request("POST", path, body=body,
+                              headers={"Content-Type": "application/json"})
+            response = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed the idle keep-alive connection (its header timeout is also
+            # the keep-alive idle time): reconnect once, as the project's client does
+            self.conn.close()
+            self.conn.request("POST", path, body=body,
+                              headers={"Content-Type": "application/json"})
+            response = self.conn.getresponse()
         data = response.read()
         if response.status != 200:
             raise RuntimeError(f"REST {response.status}: {data[:200]!r}")
