@@ -86,7 +86,10 @@ def write_report(out_dir: Path, archab: dict, components: dict[str, list[dict]],
     """bench_results/report.json (provenance, A/B cost, capacity and cells, components,
     summary), report.md and latency.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"provenance": provenance, "summary": summary,
+    # the commit and cleanliness first, where a reader (or a check) looks for them; the
+    # provenance block keeps the details (dirty files, machine, command)
+    report = {"commit": provenance["git"]["commit"], "dirty": provenance["git"]["dirty"],
+              "provenance": provenance, "summary": summary,
               "archab_settings": archab.get("settings", {}),
               "cost": archab.get("cost", []), "capacity": archab.get("capacity", []),
               "cells": archab.get("cells", []), "components": components}

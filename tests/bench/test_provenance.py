@@ -105,3 +105,16 @@ def test_readme_table_refuses_a_report_from_other_code(repo):
 def test_missing_markers_is_an_error():
     with pytest.raises(ValueError, match="bench:start"):
         readme_table.replace_between_markers("no markers here", "body")
+
+
+def test_report_names_its_commit_at_the_top(tmp_path):
+    from bench.report import write_report
+
+    origin = {"git": {"commit": "abc123", "dirty": False, "dirty_files": []},
+              "machine": {"cpu": "cpu", "cores": 2, "memory_gib": 1.0, "python": "3.11",
+                          "platform": "linux", "hostname": "h"},
+              "command": "python -m bench", "started_at": "2026-01-01T00:00:00+00:00"}
+    write_report(tmp_path, {}, {}, {}, origin)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["commit"], report["dirty"]) == ("abc123", False)
+    assert report["provenance"] == origin
