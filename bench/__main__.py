@@ -1,10 +1,11 @@
 """`make bench`: every benchmark in one run, one report.
 
-    python -m bench [--quick] [--only store,models,server,beam,client,archab] [--allow-dirty]
+    python -m bench [--quick] [--only store,models,server,beam,client,batching,archab]
+                    [--allow-dirty]
 
 Component benchmarks (store reads, step vs tower, head vs full, server overhead, backfill and
-stream freshness, client cost) run first, one after another so that they do not share the
-two cores; then the Architecture A vs B cost and capacity benchmark. Results go to
+stream freshness, client cost, server-side batching on against off) run first, one after
+another so that they do not share the two cores; then the Architecture A vs B cost and capacity benchmark. Results go to
 bench_results/report.json (with the git commit, the machine and the command), report.md and
 latency.png. A dirty work tree is refused unless --allow-dirty: a report must name the code
 it measured.
@@ -22,7 +23,7 @@ from bench import archab
 from bench.provenance import ProvenanceError, provenance, require_clean
 from bench.report import write_report
 
-COMPONENTS = ("store", "models", "server", "beam", "client")
+COMPONENTS = ("store", "models", "server", "beam", "client", "batching")
 
 
 def main(argv=None) -> int:
