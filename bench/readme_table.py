@@ -85,6 +85,17 @@ def render(report: dict, note: str = "") -> str:
         a, b = cost.get(("A", "dien", seq_len)), cost.get(("B", "dien", seq_len))
         ratio = _ratio(a and a["server_cpu_ms_per_request"], b and b["server_cpu_ms_per_request"])
         lines.append(f"| {seq_len} | " + " | ".join(row) + f" | {ratio} |")
+    batching = report.get("components", {}).get("batching") or []
+    if batching:
+        lines += ["", "Server-side batching (`serving_configs/batching.config`) off and on, "
+                  "B at L = 1000, same load (`bench.batching`).", "",
+                  "| model | batching | CPU-ms per request | capacity @ 10 ms | capacity @ 30 ms |",
+                  "| --- | --- | --- | --- | --- |"]
+        for row in batching:
+            lines.append(f"| {row['model']} | {row['batching']} | "
+                         f"{_num(row['server_cpu_ms_per_request'])} | "
+                         f"{row.get('capacity_qps_slo10ms', '-')} | "
+                         f"{row.get('capacity_qps_slo30ms', '-')} |")
     gen = [c["generator_cpu_ms_per_request"] for c in report.get("cost", [])]
     origin = report.get("provenance", {})
     machine, git = origin.get("machine", {}), origin.get("git", {})
