@@ -139,8 +139,20 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
 def pipeline_options(beam_args: Sequence[str], *, streaming: bool):
     """Beam PipelineOptions from the arguments our parser did not consume.
 
-    Unknown flags go to Beam untouched (`--runner=FlinkRunner --flink_master=...`,
-    `--runner=DataflowRunner --project=... --region=... --temp_location=...`).
+    Unknown flags go to Beam untouched, so one code path serves every runner
+    (docs/runners.md):
+
+    * none: Beam's Python engine in this process (`make_runner`);
+    * ``--direct_running_mode=multi_processing --direct_num_workers=4``: the same engine with
+      its SDK workers in 4 separate processes (``multi_threading``: 4 threads);
+    * ``--runner=PortableRunner --job_endpoint=... --environment_type=EXTERNAL
+      --environment_config=...``: a Beam job service (`devkit.beam_services` starts one here)
+      with the workers in a worker pool;
+    * ``--runner=FlinkRunner --flink_master=...``, ``--runner=DataflowRunner --project=...
+      --region=... --temp_location=...``.
+
+    Secrets never belong here: the options travel to the job service and every worker (and
+    are shown in runners' UIs); the Redis password goes by `--redis_password_env`.
     """
     from apache_beam.options.pipeline_options import (
         PipelineOptions,
@@ -174,6 +186,10 @@ def make_runner(options):
     `DirectRunner` uses for pipelines it can run in-process) instead of `DirectRunner`, whose
     streaming path first tries to download Prism from the internet and whose
     `BundleBasedDirectRunner` rejects splittable DoFns such as our Redis Stream reader.
+    `FnApiRunner` reads ``--direct_running_mode`` and ``--direct_num_workers`` from the
+    options when the pipeline runs (``multi_processing`` starts each worker as
+    ``python -m apache_beam.runners.worker.sdk_worker_main`` with this interpreter, this
+    environment and this working directory), so it needs nothing more here.
     """
     if is_direct(options):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
