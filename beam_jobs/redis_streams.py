@@ -134,6 +134,7 @@ class _PollStreamFn(beam.DoFn):
         call_through_outages(self._create_group, "creating the consumer group")
         self.started = time.monotonic()
         self.last_data = self.started
+        self.handed_over = False  # the last call emitted a batch
         self.pending_after: str | None = "0"  # own pending entries: re-read from here; None: done
         self.next_claim = self.started + spec.claim_idle_ms / 1000.0
 
@@ -211,6 +212,12 @@ class _PollStreamFn(beam.DoFn):
 
     @beam.DoFn.unbounded_per_element()
     def process(self, element, tracker=_RESTRICTION, watermark=_WATERMARK):
+        if self.handed_over:
+            # idle time counts from when the previous batch's bundle ended: a fused runner
+            # has applied and acknowledged it by now (the keyed update step applies a
+            # bundle in its finish_bundle, after this method returned)
+            self.last_data = time.monotonic()
+            self.handed_over = False
         position = tracker.current_restriction().start
         while True:
             if self._should_stop():
@@ -225,9 +232,8 @@ class _PollStreamFn(beam.DoFn):
             if records:
                 M.entries_read.inc(len(records))
                 yield records
-                # idle time counts from when the batch was handed over (a fused runner has
-                # already run the downstream writes and the ack by now)
                 self.last_data = time.monotonic()
+                self.handed_over = True
                 tracker.defer_remainder(Duration.of(0))
                 return
 

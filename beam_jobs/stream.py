@@ -6,19 +6,21 @@
 Pipeline (Beam streaming)::
 
     ReadFromRedisStream            batches of (entry id, Event JSON), one per poll
-    | UpdateInterestStates         validate, apply `step` to each user's new events, CAS-write
+    | UpdateInterestStates         validate, key by user shard, apply `step` to each user's
+                                   new events in (time, id) order, CAS-write
     | AckRedisStream               dead letters to <stream>:dlq, then XACK
 
-`UpdateInterestStates` validates each entry (bad ones become dead letters with the reason and
-the raw payload), groups the batch by user, orders by (time, id), applies the exported
-`step` to the new events of all users in one batched call per chunk, appends the behaviours
-and compare-and-sets the states (`beam_jobs.updater`). New users start from the version's
+`UpdateInterestStates` (`beam_jobs.keyed_updates`) validates each entry (bad ones become
+dead letters with the reason and the raw payload) and splits each batch by a stable hash
+of the user id into `--key_shards` keys; a stateful DoFn keyed by shard applies a bundle's
+elements with one `beam_jobs.updater.StateUpdater.apply` (the exported `step` batched
+across users, behaviours appended, states compare-and-set) and hands what to acknowledge
+and dead-letter to the ack. One user's events are thus applied by one worker at a time,
+and an entry is acknowledged only after its writes. New users start from the version's
 cold-start state. The version followed is the store's active pointer (or `--version`).
-
-A batch is one element from the read to the ack, so a user's batches are applied in order
-and an entry is acknowledged only after its writes, without cross-bundle state. Parallelism
-comes from more consumers in the group (more workers); docs/beam_jobs.md explains the
-per-user ordering caveat this leaves.
+Consumers of one group (side-by-side jobs, XAUTOCLAIM) can still hold one user's entries
+at once: the compare-and-set and the late-event rebuild keep the states exact
+(docs/beam_jobs.md, "Per-user ordering").
 
 Supervision (docs/beam_jobs.md, "Supervision"): Redis outages are waited out with back-off,
 SIGTERM drains (the batch in hand is written and acknowledged, exit 0), `--metrics_port`
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import signal
 import sys
@@ -47,203 +48,13 @@ from collections.abc import Sequence
 import apache_beam as beam
 
 from beam_jobs import DEFAULT_STREAM, common, live_metrics, metrics, supervision
-from beam_jobs.metrics import Stream as M
-from beam_jobs.redis_streams import (
-    AckRedisStream,
-    DeadLetter,
-    Processed,
-    ReadFromRedisStream,
-    Record,
-)
+from beam_jobs.keyed_updates import DEFAULT_KEY_SHARDS, UpdateInterestStates, UpdateOptions
+from beam_jobs.redis_streams import AckRedisStream, ReadFromRedisStream
 from beam_jobs.supervision import Abandoned, call_through_outages
-from beam_jobs.updater import (
-    DEFAULT_ALLOWED_LATENESS_MS,
-    DEFAULT_MAX_FUTURE_SKEW_MS,
-    FUTURE,
-    LATE,
-    NO_LOG,
-    UNDECIDABLE,
-)
-from uic.store import DEFAULT_BEHAVIOUR_CAP, StoreConfig
+from beam_jobs.updater import DEFAULT_ALLOWED_LATENESS_MS, DEFAULT_MAX_FUTURE_SKEW_MS
+from uic.store import StoreConfig
 
 _LOG = logging.getLogger("beam_jobs.stream")
-NO_EVENT_FIELD = ("entry has no 'event' field (or was deleted while pending): XADD <stream> * event "
-                  "<Event JSON>")
-
-
-@dataclasses.dataclass(frozen=True)
-class UpdateOptions:
-    """What `UpdateInterestStates` updates and how (picklable: shipped to the workers).
-
-    version None follows the store's active-version pointer. The lateness and skew bounds
-    are `beam_jobs.updater.StateUpdater`'s."""
-
-    store: StoreConfig
-    saved_models: str
-    model: str
-    version: int | None = None
-    max_step_events: int = 64
-    behaviour_cap: int = DEFAULT_BEHAVIOUR_CAP
-    with_behaviours: bool = True
-    allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
-    max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS
-
-
-_REFUSED_COUNTERS = {LATE: M.late, FUTURE: M.future, UNDECIDABLE: M.undecidable,
-                     NO_LOG: M.undecidable}
-
-
-class _UpdateBatchFn(beam.DoFn):
-    """A batch of records -> events applied and written -> `Processed` (what to ack and what
-    to dead-letter). No entry stops the job: any failure to decode, validate or apply one
-    entry makes it a dead letter with the reason. Entries whose events lost every CAS race
-    are in neither list: they stay pending and are claimed again later. Redis outages are
-    waited out (`beam_jobs.supervision`); other failures of Redis itself (permissions)
-    escape, so the runner retries the bundle."""
-
-    def __init__(self, options: UpdateOptions):
-        self.options = options
-
-    def setup(self):
-        from beam_jobs.updater import StateUpdater
-
-        opt = self.options
-        self.store = call_through_outages(opt.store.connect, "connecting the updater")
-        self.updater = StateUpdater(self.store, opt.saved_models, opt.model, opt.version,
-                                    max_step_events=opt.max_step_events,
-                                    behaviour_cap=opt.behaviour_cap,
-                                    with_behaviours=opt.with_behaviours,
-                                    allowed_lateness_ms=opt.allowed_lateness_ms,
-                                    max_future_skew_ms=opt.max_future_skew_ms)
-
-    def process(self, records: Sequence[Record]):
-        M.batches.inc()
-        M.entries.inc(len(records))
-        events, entries_of, dead, ack = _decode(records)
-        M.rejected.inc(len(dead))
-        try:
-            applied = self._apply(events)
-        except Abandoned:
-            _LOG.warning("stopping while Redis is unavailable: the %d entries of the batch in "
-                         "hand stay pending and are re-read by the next run", len(records))
-            return
-        for user_events, outcome, error in applied:
-            if error is not None:  # this user's events cannot be applied: dead letters
-                M.update_errors.inc(len(user_events))
-                for event in user_events:
-                    for entry_id in entries_of.pop(_key(event), []):
-                        dead.append(DeadLetter(entry_id, error, event.to_json()))
-                        ack.append(entry_id)
-                continue
-            for name in ("duplicates", "applied", "users", "new_users", "states_written",
-                         "cas_conflicts", "late_applied", "rebuilds"):
-                getattr(M, name).inc(getattr(outcome, name))
-            live_metrics.APPLIED.inc(outcome.applied)
-            live_metrics.CAS_CONFLICTS.inc(outcome.cas_conflicts)
-            M.unapplied.inc(len(outcome.unapplied))
-            for bad in outcome.corrupt:
-                M.corrupt_states.inc()
-                dead.append(DeadLetter("", f"corrupt stored state {bad.key}: {bad.reason}; "
-                                           "rebuilt from the behaviour log", bad.value))
-            for refused in outcome.refused:
-                _REFUSED_COUNTERS[refused.kind].inc()
-                for entry_id in entries_of.pop(_key(refused.event), [""]):
-                    dead.append(DeadLetter(entry_id, refused.reason, refused.event.to_json()))
-                    if entry_id:
-                        ack.append(entry_id)
-            for event in outcome.unapplied:
-                entries_of.pop(_key(event), None)  # stays pending
-        ack.extend(i for ids in entries_of.values() for i in ids)  # applied or duplicates
-        yield Processed(tuple(ack), tuple(dead))
-
-    def _update(self, events):
-        """The updater's apply, redone while Redis is unavailable: a redo after a partial
-        write is safe (compare-and-set states, idempotent log, nothing acknowledged yet)."""
-        return call_through_outages(lambda: self.updater.apply(events), "updating states")
-
-    def _apply(self, events):
-        """[(events, outcome, None)] for the batch, or per user when the batch fails; a user
-        whose update fails has (events, None, reason). Raises `Abandoned` when the job stops
-        during a Redis outage."""
-        from uic.store import CorruptValue, StoreError
-
-        if not events:
-            return []
-        try:
-            return [(events, self._update(events), None)]
-        except StoreError as err:
-            if not isinstance(err, CorruptValue):
-                raise  # Redis itself (not an outage): let the runner retry the bundle
-            first = err
-        except Exception as err:  # noqa: BLE001 - isolate the user(s) it comes from
-            first = err
-        _LOG.warning("batch update failed (%s: %s); applying user by user", type(first).__name__,
-                     first)
-        by_user: dict[int, list] = {}
-        for event in events:
-            by_user.setdefault(event.user_id, []).append(event)
-        out = []
-        for user_events in by_user.values():
-            try:
-                out.append((user_events, self._update(user_events), None))
-            except StoreError as err:
-                if not isinstance(err, CorruptValue):
-                    raise
-                out.append((user_events, None, f"update failed: {err}"))
-            except Exception as err:  # noqa: BLE001
-                out.append((user_events, None, f"update failed: {type(err).__name__}: {err}"))
-        return out
-
-    def teardown(self):
-        store = getattr(self, "store", None)
-        if store is not None:
-            store.client.close()
-
-
-def _key(event) -> tuple[int, int, str]:
-    return (event.user_id, *event.sort_key)
-
-
-def _decode(records: Sequence[Record]):
-    """(events, entry ids per (user, time, id), dead letters, entry ids to ack) of a batch:
-    every entry that cannot be decoded or validated, for whatever reason, is a dead letter."""
-    from uic.events import Event, InvalidEvent
-
-    events = []
-    entries_of: dict[tuple[int, int, str], list[str]] = {}
-    dead: list[DeadLetter] = []
-    ack: list[str] = []
-    for entry_id, payload in records:
-        try:
-            if payload is None:
-                raise InvalidEvent(None, NO_EVENT_FIELD)
-            event = Event.from_json(payload)
-        except InvalidEvent as err:
-            reason = f"invalid event: {err}"
-        except Exception as err:  # noqa: BLE001 - a hostile payload must not stop the job
-            reason = f"invalid event: {type(err).__name__}: {err}"
-        else:
-            events.append(event)
-            if entry_id is not None:
-                entries_of.setdefault(_key(event), []).append(entry_id)
-            continue
-        dead.append(DeadLetter(entry_id or "", reason, payload or b""))
-        if entry_id is not None:
-            ack.append(entry_id)
-    return events, entries_of, dead, ack
-
-
-class UpdateInterestStates(beam.PTransform):
-    """PCollection of record batches -> PCollection of `Processed`, after the states and
-    behaviour lists of the batch's events are written. Apply `AckRedisStream` to the output
-    (for a Redis source) so entries are acknowledged only after their writes."""
-
-    def __init__(self, options: UpdateOptions):
-        super().__init__()
-        self.options = options
-
-    def expand(self, batches):
-        return batches | "ApplyStep" >> beam.ParDo(_UpdateBatchFn(self.options))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_step_events", type=int, default=64,
                         help="events per user per step call; longer runs are chunked "
                              "(default: %(default)s)")
+    parser.add_argument("--key_shards", type=int, default=DEFAULT_KEY_SHARDS,
+                        help="users are hashed to this many keys; one key's events are applied "
+                             "by one worker at a time, so it bounds the parallelism of the "
+                             "update step on a distributed runner (default: %(default)s)")
     parser.add_argument("--max_idle_seconds", type=float, default=None,
                         help="drain mode: stop after this long without new entries")
     parser.add_argument("--stop_after_seconds", type=float, default=None,
@@ -309,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name in ("batch_size", "max_step_events", "block_ms"):
+    for name in ("batch_size", "max_step_events", "block_ms", "key_shards"):
         if getattr(args, name) < 1:
             raise common.JobError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.metrics_port < 65536:
@@ -379,7 +194,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, int]:
         store.client.close()
         options = UpdateOptions(store_config, args.saved_models, args.model, version,
                                 args.max_step_events, args.behaviour_cap, not args.no_behaviours,
-                                args.allowed_lateness_ms, args.max_future_skew_ms)
+                                args.allowed_lateness_ms, args.max_future_skew_ms,
+                                args.key_shards)
         pipeline_options = common.pipeline_options(beam_args, streaming=True)
         pipeline = beam.Pipeline(runner=common.make_runner(pipeline_options),
                                  options=pipeline_options)
