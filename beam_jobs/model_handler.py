@@ -86,6 +86,18 @@ def stack_examples(part: str, batch: Sequence[Mapping[str, Any]]) -> dict[str, n
     return feeds
 
 
+def length_buckets(part: str, batch: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """Row indices of `batch` grouped so that no row is padded to more than twice its length
+    (lengths 1, 2-3, 4-7, ...): one model call per group. A stacked batch runs every row to
+    the longest history, so on a heavy-tailed log (Taobao's) one 5,000-event user in a batch
+    of 64 would cost 64 x 5,000 steps."""
+    key = "hist_len" if part == "tower" else "num_events"
+    groups: dict[int, list[int]] = {}
+    for i, example in enumerate(batch):
+        groups.setdefault(int(example[key]).bit_length(), []).append(i)
+    return [groups[k] for k in sorted(groups)]
+
+
 class SignatureModelHandler(ModelHandler[dict, PredictionResult, LoadedSignature]):
     """ModelHandler for one exported part (`tower` or `step`) of a UIC model version.
 
@@ -111,7 +123,11 @@ class SignatureModelHandler(ModelHandler[dict, PredictionResult, LoadedSignature
     def run_inference(self, batch: Sequence[dict], model: LoadedSignature,
                       inference_args: dict[str, Any] | None = None
                       ) -> Iterable[PredictionResult]:
-        states = model(stack_examples(self.part, batch))
+        states: list = [None] * len(batch)
+        for rows in length_buckets(self.part, batch):
+            out = model(stack_examples(self.part, [batch[i] for i in rows]))
+            for j, i in enumerate(rows):
+                states[i] = out[j]
         return [PredictionResult(ex, states[i], self.path) for i, ex in enumerate(batch)]
 
     def get_num_bytes(self, batch: Sequence[dict]) -> int:

@@ -116,3 +116,16 @@ def test_bad_inputs_fail_clearly(redis_url, tiny_exports, tmp_path):
         backfill.run_backfill(dataclasses.replace(options, model="mlp"))
     with pytest.raises(JobError, match="activate must be one of"):
         backfill.run_backfill(dataclasses.replace(options, activate="maybe"))
+
+
+def test_length_buckets_pad_no_history_to_more_than_twice_its_length():
+    from beam_jobs.model_handler import length_buckets, tower_example
+
+    lengths = [5000, 3, 0, 7, 4, 1, 2, 4096]
+    batch = [tower_example([1] * n, [1] * n) for n in lengths]
+    buckets = length_buckets("tower", batch)
+    assert sorted(i for rows in buckets for i in rows) == list(range(len(batch)))
+    for rows in buckets:
+        longest = max(lengths[i] for i in rows)
+        assert all(longest <= max(1, 2 * lengths[i] - 1) for i in rows), [lengths[i] for i in rows]
+    assert len(buckets) == 5  # 0 | 1 | 2-3 | 4-7 | 4096-8191
