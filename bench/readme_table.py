@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.provenance import REPO_ROOT, ProvenanceError, check_report_matches_head
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+REAL_START, REAL_END = "<!-- real_data:start -->", "<!-- real_data:end -->"
 DEFAULT_FILES = ("README.md", "docs/benchmarks.md")
 COLUMNS = (("A", "dien", "A: DIEN full"), ("B", "dien", "B: DIEN head"),
            ("B", "mimn", "B: MIMN head"))
@@ -109,12 +110,29 @@ def render(report: dict, note: str = "") -> str:
     return "\n".join(lines)
 
 
-def replace_between_markers(text: str, body: str, source: str = "file") -> str:
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+def replace_between_markers(text: str, body: str, source: str = "file", start: str = START,
+                            end: str = END) -> str:
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise ValueError(f"{source} has no '{START}' ... '{END}' block; add the two marker "
+        raise ValueError(f"{source} has no '{start}' ... '{end}' block; add the two marker "
                          "lines where the benchmark tables belong")
-    return pattern.sub(lambda _: f"{START}\n{body}\n{END}", text, count=1)
+    return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text, count=1)
+
+
+def write_real_data(repo: Path, path: Path) -> str:
+    """docs/benchmarks.md's real-data section from `python -m bench.real_data`'s report.
+    That run takes most of an hour and is not part of `make bench`, so its section names
+    its own commit instead of having to match HEAD; a dirty-tree report is refused."""
+    from bench.real_data import markdown_section
+
+    report = json.loads(path.read_text())
+    if report.get("dirty", True):
+        raise ValueError(f"{path} was measured on a dirty tree (or records no commit); rerun "
+                         "`python -m bench.real_data` on a clean checkout")
+    doc = repo / "docs" / "benchmarks.md"
+    doc.write_text(replace_between_markers(doc.read_text(), "\n".join(markdown_section(report)),
+                                           str(doc), REAL_START, REAL_END))
+    return str(doc)
 
 
 def main(argv=None) -> int:
@@ -144,6 +162,12 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as exc:
             parser.exit(2, f"error: {exc}\n")
         print(f"updated {path}")
+    real = repo / "bench_results" / "real_data.json"
+    if real.exists():
+        try:
+            print(f"updated {write_real_data(repo, real)} (real-data section)")
+        except (OSError, ValueError) as exc:
+            parser.exit(2, f"error: {exc}\n")
     return 0
 
 

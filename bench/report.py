@@ -119,6 +119,12 @@ def write_report(out_dir: Path, archab: dict, components: dict[str, list[dict]],
             md += ["![latency](latency.png)", ""]
     for name, records in components.items():
         md += [f"## {name}", "", markdown_table(records), ""]
+    real = out_dir / "real_data.json"
+    if real.exists():  # `python -m bench.real_data`, run on its own (most of an hour)
+        from bench.real_data import markdown_section
+
+        md += ["## Real data: a large Taobao-format log (its own run and commit)", "",
+               *markdown_section(json.loads(real.read_text()))]
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(md))
     return {"json": json_path, "md": md_path, "png": plot_path}
