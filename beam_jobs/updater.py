@@ -312,23 +312,31 @@ class StateUpdater:
             mark, count = current.watermark, current.events_applied
             logged = {e.sort_key for e in log}
             at_or_below = sum(1 for e in log if e.sort_key <= mark)
-            trimmed = len(log) >= self.behaviour_cap or at_or_below < count
+            # A log at the cap may have lost folded events off its old end, and one with
+            # fewer events up to the watermark than the state folded lacks some: counting
+            # it cannot tell a folded event from one a racing writer logged but never
+            # folded, and a rebuild from it would drop history. Decide nothing from it.
+            incomplete = len(log) >= self.behaviour_cap or at_or_below < count
             covers = mark in logged  # the log reaches the state's watermark event
             plan = plans[uid]
-            rebuild = covers and at_or_below > count  # the log holds an event the state lacks
+            # the log holds an event the state lacks
+            rebuild = covers and not incomplete and at_or_below > count
             late: list[Event] = []
             for e in old:
-                if e.sort_key in logged or e.sort_key == mark:
+                if e.sort_key == mark and not rebuild:
+                    outcome.duplicates += 1  # the watermark's own event is folded
+                elif incomplete or not covers:
+                    outcome.refused.append(Refused(e, UNDECIDABLE, (
+                        f"at or below the watermark {mark} of user {uid}, whose behaviour log "
+                        f"({len(log)} events kept, --behaviour_cap {self.behaviour_cap}) does "
+                        f"not hold all {count} events the state folded: cannot tell a "
+                        "re-delivery from an event that was never applied. Raise "
+                        "--behaviour_cap, or rebuild the user with the backfill")))
+                elif e.sort_key in logged:
                     if rebuild:
                         plan.carried.append(e)
                     else:
                         outcome.duplicates += 1
-                elif not covers or (trimmed and e.sort_key < log[0].sort_key):
-                    outcome.refused.append(Refused(e, UNDECIDABLE, (
-                        f"at or below the watermark {mark} of user {uid} and not among the "
-                        f"{len(log)} behaviours kept for the user (--behaviour_cap, or a "
-                        "state written without the log): cannot tell a re-delivery from a "
-                        "late event")))
                 elif mark[0] - e.event_time_ms > self.allowed_lateness_ms:
                     outcome.refused.append(Refused(e, LATE, (
                         f"late: event ({e.event_time_ms}, {e.event_id}) is more than "

@@ -188,6 +188,24 @@ def test_events_of_a_user_past_the_log_window_are_undecidable_not_duplicates(red
     assert outcome.duplicates == 0
 
 
+def test_a_lost_race_past_the_log_window_is_dead_lettered_not_called_a_duplicate(
+        redis_url, tiny_exports):
+    """The writer logs its event, loses the race to one that folds a later event, and finds
+    its own event at or below the new watermark in a log at the cap: the log cannot tell
+    it from a folded one, so it is refused (dead-lettered), never acknowledged as a
+    duplicate (which would lose it)."""
+    events = _user_events(7, 11, seed=8)
+    _updater(redis_url, tiny_exports, behaviour_cap=4).apply(events[:8])
+    other = _updater(redis_url, tiny_exports, behaviour_cap=4)
+    racing = StateUpdater(_RacingStore(store_connect(redis_url),
+                                       lambda: other.apply([events[8], events[10]])),
+                          tiny_exports, "dien", 1, behaviour_cap=4)
+    outcome = racing.apply([events[9]])
+    assert outcome.duplicates == 0
+    assert [r.kind for r in outcome.refused] == [UNDECIDABLE]
+    assert "--behaviour_cap" in outcome.refused[0].reason
+
+
 def test_many_users_in_batches_equal_the_tower(redis_url, tiny_exports):
     events = make_events(seed=21, n=200, users=12)
     rng = random.Random(3)
