@@ -165,6 +165,7 @@ def run_backfill(options: BackfillOptions) -> BackfillResult:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # '--redis_password X' must not be taken for --redis_password_env
         prog="python -m beam_jobs.backfill",
         description="Beam batch job: compute every user's interest state from behaviour logs "
                     "with the exported tower and write it to the interest store. Flags not "

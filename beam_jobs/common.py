@@ -160,6 +160,13 @@ def pipeline_options(beam_args: Sequence[str], *, streaming: bool):
         StandardOptions,
     )
 
+    for arg in beam_args:
+        flag = arg.split("=", 1)[0].lower()
+        if flag.startswith("-") and ("password" in flag or "secret" in flag):
+            raise JobError(f"{arg.split('=', 1)[0]} is not a flag of this job, and the rest would "
+                           "go to Beam's pipeline options, which every worker and runner UI "
+                           "sees: put the Redis password in an environment variable and pass "
+                           "--redis_password_env VAR")
     options = PipelineOptions(list(beam_args))
     standard = options.view_as(StandardOptions)
     if standard.runner is None:

@@ -95,6 +95,7 @@ def produce(store: InterestStore, stream: str, payloads: Iterable[str | bytes], 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # '--redis_password X' must not be taken for --redis_password_env
         prog="python -m beam_jobs.produce",
         description="Push behaviour events into a Redis Stream (XADD <stream> * event <JSON>) "
                     "at a chosen rate, for the stream job.")

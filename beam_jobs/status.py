@@ -63,6 +63,7 @@ def format_status(status: StreamStatus, stream: str, group: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # '--redis_password X' must not be taken for --redis_password_env
         prog="python -m beam_jobs.status",
         description="Lag, pending entries, dead letters and consumers of the stream job's "
                     "consumer group, and the active model versions, read from Redis.")

@@ -59,6 +59,7 @@ _LOG = logging.getLogger("beam_jobs.stream")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # '--redis_password X' must not be taken for --redis_password_env
         prog="python -m beam_jobs.stream",
         description="Beam streaming job: apply the exported step model to behaviour events "
                     "from a Redis Stream (or Pub/Sub / Kafka) and compare-and-set the interest "

@@ -3,12 +3,12 @@
     python -m bench [--quick] [--only store,models,server,beam,client,batching,archab]
                     [--allow-dirty]
 
-Component benchmarks (store reads, step vs tower, head vs full, server overhead, backfill and
-stream freshness, client cost, server-side batching on against off) run first, one after
-another so that they do not share the two cores; then the Architecture A vs B cost and capacity benchmark. Results go to
-bench_results/report.json (with the git commit, the machine and the command), report.md and
-latency.png. A dirty work tree is refused unless --allow-dirty: a report must name the code
-it measured.
+Component benchmarks (store reads, step vs tower, head vs full, server overhead, backfill,
+stream throughput and freshness at 1, 2 and 4 workers, client cost, server-side batching on
+against off) run first, one after another so that they do not share the two cores; then the
+Architecture A vs B cost and capacity benchmark. Results go to bench_results/report.json
+(with the git commit, the machine and the command), report.md and latency.png. A dirty work
+tree is refused unless --allow-dirty: a report must name the code it measured.
 """
 
 from __future__ import annotations

@@ -118,7 +118,11 @@ def write_report(out_dir: Path, archab: dict, components: dict[str, list[dict]],
         if plot_path:
             md += ["![latency](latency.png)", ""]
     for name, records in components.items():
-        md += [f"## {name}", "", markdown_table(records), ""]
+        kinds = list(dict.fromkeys(r.get("bench", name) for r in records))
+        for kind in kinds:  # bench.beam mixes backfill, stream cells and job counters
+            title = name if len(kinds) == 1 else f"{name}: {kind}"
+            md += [f"## {title}", "", markdown_table(
+                [r for r in records if r.get("bench", name) == kind]), ""]
     real = out_dir / "real_data.json"
     if real.exists():  # `python -m bench.real_data`, run on its own (most of an hour)
         from bench.real_data import markdown_section

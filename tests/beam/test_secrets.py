@@ -90,3 +90,25 @@ def test_missing_password_variable_is_a_clear_error(locked_redis, monkeypatch):
                          password_env="UIC_TEST_REDIS_PASSWORD")
     with pytest.raises(StoreError, match="UIC_TEST_REDIS_PASSWORD is not set"):
         config.connect()
+
+
+@pytest.mark.parametrize("job", ["backfill", "stream"])
+@pytest.mark.parametrize("argv", [["--redis_password", "hunter2-secret"],
+                                  ["--redis_password=hunter2-secret"],
+                                  ["--redis-password", "hunter2-secret"]])
+def test_a_password_flag_is_refused_without_echoing_the_secret(job, argv, tmp_path, capsys):
+    """Neither taken for --redis_password_env by abbreviation (which would print the secret
+    as a variable name) nor passed on to Beam's pipeline options."""
+    import importlib
+
+    module = importlib.import_module(f"beam_jobs.{job}")
+    common_args = ["--model", "mimn", "--saved_models", str(tmp_path),
+                   "--redis_url", "redis://127.0.0.1:1/0"]
+    extra = ["--events", str(tmp_path / "none.jsonl")] if job == "backfill" else []
+    with pytest.raises(SystemExit) as info:
+        code = module.main(common_args + extra + argv)
+        raise SystemExit(code)
+    assert info.value.code == 2
+    out = capsys.readouterr()
+    assert "hunter2-secret" not in out.out + out.err
+    assert "--redis_password_env" in out.err
