@@ -43,6 +43,7 @@ from client.transport import make_transport
 from uic.contract import MODELS, serving_model_name
 from uic.store import (
     DEFAULT_NAMESPACE,
+    DEFAULT_POINTER_CACHE_S,
     DEFAULT_REDIS_URL,
     CorruptValue,
     InterestStore,
@@ -162,7 +163,7 @@ class Scorer:
                  store: InterestStore | None = None, server: str = "127.0.0.1:8500",
                  transport: str = "grpc", arch: str = "B", version: int | None = None,
                  deadline_ms: float = 200.0, redis_timeout_ms: float = 50.0, retries: int = 2,
-                 active_ttl_s: float = 1.0, history_length: int = 100,
+                 active_ttl_s: float = DEFAULT_POINTER_CACHE_S, history_length: int = 100,
                  stale_after_s: float = 3600.0, fallback: str = "cold_start",
                  redis_retry_after_s: float = 0.5, pool_size: int = 16,
                  namespace: str = DEFAULT_NAMESPACE, tls: TlsConfig | bool | None = None,
@@ -364,12 +365,14 @@ class Scorer:
         return version, None
 
     def _expire_pointer(self, version: int) -> bool:
-        """Forget the cached pointer if it still names `version` and the version was not
-        pinned; True when the next `_version()` will read Redis again."""
-        if self.pinned_version is not None or self._active is None or \
-                self._active[0] != version:
+        """After NOT_FOUND for `version`: forget the cached pointer if it still names it.
+        True (retry once) unless the version was pinned: when another request already
+        refreshed the pointer, the retry reads the new one from the cache."""
+        if self.pinned_version is not None:
             return False
-        self._active = (version, 0.0)
+        active = self._active
+        if active is not None and active[0] == version:
+            self._active = (version, 0.0)
         return True
 
     def _cold_start(self, version: int) -> np.ndarray:

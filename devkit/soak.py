@@ -456,7 +456,8 @@ class Soak:
                     [PY, "-m", "beam_jobs.rollout", "--model", self.model, "--version",
                      str(version), "--events", str(events), "--stream", STREAM,
                      "--saved_models", str(self.exports), "--redis_url", self.redis.url,
-                     "--behaviour_cap", str(BEHAVIOUR_CAP), "--retention_seconds", "3600"],
+                     "--behaviour_cap", str(BEHAVIOUR_CAP), "--retention_seconds", "3600",
+                     "--model_server", self.server.grpc_target],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env=child_env())
             active = self.store.get_active_version(self.model)

@@ -14,6 +14,12 @@ user sit on one Redis Cluster slot and a Lua script may touch them together)::
     <ns>:m:<model>:<version>:cold         cold-start state of (model, version)
     <ns>:m:<model>:retire                 hash version -> epoch ms after which a retired
                                           version's states may be deleted
+    {<ns>:m:<model>:active}:complete      hash version -> users, written after a complete
+                                          backfill: the version may be flipped to
+    {<ns>:m:<model>:active}:deleting      hash version -> epoch ms, a clean-up is deleting it
+
+The last two carry the pointer's own key name as their hash tag, so on Redis Cluster they
+share the pointer's slot and one script (`flip_active_version`) reads and sets them together.
 
 Event streams (the Beam stream job's input, `beam_jobs.redis_streams`) are Redis Streams
 named by the caller (default ``uic:events``), read through consumer groups; their methods
@@ -48,9 +54,9 @@ from uic.events import Event
 
 __all__ = [
     "DEFAULT_BEHAVIOUR_CAP", "DEFAULT_NAMESPACE", "DEFAULT_REDIS_PORT", "DEFAULT_REDIS_URL",
-    "CONFLICT", "CORRUPT", "WRITTEN", "CasRow", "CodecError", "CorruptState", "CorruptValue",
-    "InterestStore", "StoreConfig", "StoredState", "StoreError", "StoreUnavailable",
-    "StreamEntry", "StreamGroupStatus", "connect", "open_redis", "redact_url",
+    "CONFLICT", "CORRUPT", "DEFAULT_POINTER_CACHE_S", "IN_FLIGHT_GRACE_S", "WRITTEN", "CasRow",
+    "CodecError", "CorruptState", "CorruptValue", "FlipRefused", "InterestStore", "StoreConfig", "StoredState", "StoreError", "StoreUnavailable",
+    "StreamEntry", "StreamGroupStatus", "connect", "min_retention_s", "open_redis", "redact_url",
 ]
 
 DEFAULT_REDIS_PORT = 6390
@@ -189,6 +195,73 @@ class StreamGroupStatus:
     oldest_pending_idle_ms: int | None = None
     last_delivered_id: str | None = None
     consumers: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+
+
+# -- version pointer: how long readers may still use an old version, and the flip scripts --
+DEFAULT_POINTER_CACHE_S = 1.0
+"""How long a client caches the active-version pointer (`client.Scorer(active_ttl_s=...)`
+default). A flip reaches every client within this time."""
+IN_FLIGHT_GRACE_S = 2.0
+"""Added to the pointer cache before an old version's states may be deleted: requests that
+read the old pointer just before their cache expired are still in flight (the client's
+default deadline is 200 ms; the rest is margin for slow clients and clock steps)."""
+
+
+def min_retention_s(pointer_cache_s: float = DEFAULT_POINTER_CACHE_S) -> float:
+    """The shortest time an old version's states are kept after a flip away from it: every
+    cached pointer has expired and every request that used one has finished."""
+    return float(pointer_cache_s) + IN_FLIGHT_GRACE_S
+
+
+# `flip_active_version`: KEYS[1] pointer, KEYS[2] complete hash, KEYS[3] deleting hash,
+# KEYS[4] (standalone only) the new version's cold-start key. ARGV[1] the pointer the caller
+# expects ("" for none), ARGV[2] the new version. Returns {outcome, pointer before}.
+FLIP_SCRIPT = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return {'moved', current} end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return {'deleting', current} end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return {'incomplete', current} end
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 0 then return {'no_cold_start', current} end
+redis.call('SET', KEYS[1], ARGV[2])
+return {'flipped', current}
+"""
+# `mark_version_complete`: KEYS[1] complete hash, KEYS[2] deleting hash. ARGV[1] version,
+# ARGV[2] users. 1 marked, 0 refused (a clean-up is deleting the version).
+MARK_COMPLETE_SCRIPT = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+# `delete_inactive_version`, first step: KEYS[1] pointer, KEYS[2] complete hash, KEYS[3]
+# deleting hash. ARGV[1] version, ARGV[2] epoch ms. 1 marked deleting (and no longer
+# complete), 0 refused (the version is active).
+MARK_DELETING_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
+
+_FLIP_REFUSALS = {
+    "moved": "the active version changed under this roll-out (another roll-out or roll-back "
+             "ran meanwhile); check who else deploys, then re-run",
+    "deleting": "a clean-up is deleting that version's states; re-run the roll-out to "
+                "rebuild it (or let `--cleanup` finish if it was interrupted)",
+    "incomplete": "that version has no completeness mark: no roll-out finished a complete "
+                  "backfill of it (or a clean-up deleted it); run the roll-out for it",
+    "no_cold_start": "that version has no cold-start state; run the roll-out for it",
+}
+
+
+class FlipRefused(StoreError):
+    """`flip_active_version` left the pointer as it was. `reason`: "moved", "deleting",
+    "incomplete" or "no_cold_start"; `current`: the pointer now (None when unset)."""
+
+    def __init__(self, model: str, version: int, reason: str, current: int | None):
+        self.reason, self.current = reason, current
+        super().__init__(f"not flipping {model} to v{version} (active: "
+                         f"{'none' if current is None else f'v{current}'}): "
+                         f"{_FLIP_REFUSALS[reason]}")
 
 
 def redact_url(url: str) -> str:
@@ -369,6 +442,16 @@ class InterestStore:
         (written by the roll-out, read by its clean-up)."""
         return f"{self.namespace}:m:{self._model(model)}:retire"
 
+    def complete_key(self, model: str) -> str:
+        """Hash version -> users: the versions a roll-out backfilled completely (the flip
+        script refuses others). Tagged with the pointer's key: same Cluster slot."""
+        return f"{{{self.active_key(model)}}}:complete"
+
+    def deleting_key(self, model: str) -> str:
+        """Hash version -> epoch ms: versions a clean-up is deleting (the flip script refuses
+        them). Tagged with the pointer's key: same Cluster slot."""
+        return f"{{{self.active_key(model)}}}:deleting"
+
     # -- error mapping ----------------------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -519,12 +602,15 @@ class InterestStore:
         return self.client.mget(keys)
 
     def delete_version(self, model: str, version: int) -> int:
-        """Delete every user's state of (model, version) and its cold-start state (retention
-        clean-up). Uses SCAN, so it does not block the server. Returns keys deleted."""
+        """Delete every user's state of (model, version) and its cold-start state, whether
+        active or not (`delete_inactive_version` is the safe one). Its completeness mark goes
+        first, so no flip to it succeeds from then on. Uses SCAN, so it does not block the
+        server. Returns the state and cold-start keys deleted."""
         pattern = f"{self.namespace}:{{u:*}}:s:{self._model(model)}:{check_int('version', version)}"
         deleted = 0
         batch: list[str | bytes] = []
         with self._errors():
+            self.client.hdel(self.complete_key(model), str(version))
             for key in self.client.scan_iter(match=pattern, count=1000):
                 batch.append(key)
                 if len(batch) >= 1000:
@@ -542,9 +628,63 @@ class InterestStore:
 
     # -- version pointer and cold start ----------------------------------------------------
     def set_active_version(self, model: str, version: int) -> None:
+        """Set the pointer unconditionally: a first deployment, tests and tools. Roll-outs and
+        roll-backs use `flip_active_version`, which checks the version first."""
         version = check_int("version", version)
         with self._errors():
             self.client.set(self.active_key(model), str(version))
+
+    def flip_active_version(self, model: str, version: int, expected: int | None) -> None:
+        """Point `model` at `version` in one Redis script, only if the pointer still says
+        `expected` (None: unset), the version is marked complete, no clean-up is deleting it
+        and its cold-start state exists. Raises `FlipRefused` (pointer unchanged) otherwise.
+        On Redis Cluster the cold-start key lives on another slot, so it is checked just
+        before the script; it is only deleted after the version is marked deleting, which
+        the script does check."""
+        version = check_int("version", version)
+        keys = [self.active_key(model), self.complete_key(model), self.deleting_key(model)]
+        if self.is_cluster:
+            with self._errors():
+                if not self.client.exists(self.cold_key(model, version)):
+                    raise FlipRefused(model, version, "no_cold_start",
+                                      self.get_active_version(model))
+        else:
+            keys.append(self.cold_key(model, version))
+        expect = "" if expected is None else str(check_int("expected", expected))
+        outcome, before = self._eval(FLIP_SCRIPT, keys, [expect, str(version)])
+        if _text(outcome) != "flipped":
+            before = _text(before)
+            raise FlipRefused(model, version, _text(outcome), int(before) if before else None)
+
+    def mark_version_complete(self, model: str, version: int, users: int) -> bool:
+        """Record that `version`'s states are complete (`users` written): the flip may now
+        point at it. False (nothing marked) while a clean-up is deleting the version."""
+        version, users = check_int("version", version), check_int("users", users)
+        return bool(self._eval(MARK_COMPLETE_SCRIPT,
+                               [self.complete_key(model), self.deleting_key(model)],
+                               [str(version), str(users)]))
+
+    def complete_versions(self, model: str) -> dict[int, int]:
+        """Versions marked complete -> their user count."""
+        return self._int_hash(self.complete_key(model))
+
+    def deleting_versions(self, model: str) -> dict[int, int]:
+        """Versions a clean-up is deleting -> epoch ms it started (left behind by a clean-up
+        that was interrupted; the next one finishes it)."""
+        return self._int_hash(self.deleting_key(model))
+
+    def _eval(self, script: str, keys: list[str], args: list[str]):
+        """Run a pointer script (loaded on first use; its keys share one Cluster slot)."""
+        with self._errors():
+            return self.client.register_script(script)(keys=keys, args=args)
+
+    def _int_hash(self, key: str) -> dict[int, int]:
+        with self._errors():
+            raw = self.client.hgetall(key)
+        try:
+            return {int(k): int(v) for k, v in raw.items()}
+        except ValueError:
+            raise CorruptValue(key, f"hash holds non-integers: {raw!r:.80}") from None
 
     def get_active_version(self, model: str) -> int | None:
         key = self.active_key(model)
@@ -608,13 +748,30 @@ class InterestStore:
 
     def retired_versions(self, model: str) -> dict[int, int]:
         """Retired versions of `model`: version -> epoch ms after which it may be deleted."""
-        key = self.retire_key(model)
+        return self._int_hash(self.retire_key(model))
+
+    def unretire_version(self, model: str, version: int) -> None:
+        """Take `version` off the retirement list (a roll-out or roll-back to it)."""
         with self._errors():
-            raw = self.client.hgetall(key)
-        try:
-            return {int(v): int(t) for v, t in raw.items()}
-        except ValueError:
-            raise CorruptValue(key, f"retire hash holds non-integers: {raw!r:.80}") from None
+            self.client.hdel(self.retire_key(model), str(check_int("version", version)))
+
+    def delete_inactive_version(self, model: str, version: int) -> int | None:
+        """Delete `version`'s states unless it is active: one script marks it deleting (and
+        drops its completeness mark) only if the pointer does not name it, so a roll-back to
+        it and this deletion exclude each other. None when it is active (nothing deleted);
+        else the keys deleted. The mark is removed once every key is gone; an interrupted
+        deletion leaves it, which keeps refusing flips to the half-deleted version."""
+        version = check_int("version", version)
+        marked = self._eval(MARK_DELETING_SCRIPT, [self.active_key(model),
+                                                   self.complete_key(model),
+                                                   self.deleting_key(model)],
+                            [str(version), str(codec.now_ms())])
+        if not marked:
+            return None
+        deleted = self.delete_version(model, version)
+        with self._errors():
+            self.client.hdel(self.deleting_key(model), str(version))
+        return deleted
 
     def delete_retired_versions(self, model: str, now_ms: int | None = None) -> dict[int, int]:
         """Delete the states of every retired version whose deadline is at or before `now_ms`
@@ -624,16 +781,13 @@ class InterestStore:
         active = self.get_active_version(model)
         deleted: dict[int, int] = {}
         for version, deadline in sorted(self.retired_versions(model).items()):
-            if version == active:
-                self._forget_retired(model, version)
-            elif deadline <= now:
-                deleted[version] = self.delete_version(model, version)
-                self._forget_retired(model, version)
+            if version != active and deadline <= now:
+                keys = self.delete_inactive_version(model, version)
+                if keys is not None:
+                    deleted[version] = keys
+            if version == active or deadline <= now:
+                self.unretire_version(model, version)
         return deleted
-
-    def _forget_retired(self, model: str, version: int) -> None:
-        with self._errors():
-            self.client.hdel(self.retire_key(model), str(version))
 
     # -- event streams (input of the Beam stream job) ----------------------------------------
     def add_to_stream(self, stream: str, entries: Iterable[Mapping[str, bytes | str]], *,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
+import pytest
 
 from beam_jobs import rollout
 from beam_jobs.produce import produce
+from uic.store import FlipRefused, min_retention_s
 from uic.store import connect as store_connect
 
 from .conftest import CommandLog, histories, tower_states, write_jsonl
@@ -21,7 +24,7 @@ def _rollout(url, exports, events_path, *extra):
 
 
 def test_rollout_flips_pointer_only_after_v2_is_complete(redis_url, tiny_exports,
-                                                         events_data, tmp_path):
+                                                         events_data, tmp_path, capsys):
     path, events = events_data
     hists = histories(events)
     users = sorted(hists)
@@ -35,14 +38,18 @@ def test_rollout_flips_pointer_only_after_v2_is_complete(redis_url, tiny_exports
         code = _rollout(redis_url, tiny_exports, path, "--retention_seconds", "3600")
     assert code == 0
     assert store.get_active_version("dien") == 2
+    assert "WARNING: --model_server not given" in capsys.readouterr().err
     # In the server's own order: every v2 state and the v2 cold-start state were written
-    # while the pointer still said v1, and the pointer was set exactly once, to 2, after them.
+    # while the pointer still said v1, then v2 was marked complete, and the pointer was set
+    # exactly once, to 2, after them (inside the flip script).
     flips = log.positions("SET", 1, "uic:m:dien:active")
     assert [log.commands[i][2] for i in flips] == ["2"]
     state_writes = log.positions("EVALSHA", 3, V2_STATE)
     cold_writes = log.positions("SET", 1, "uic:m:dien:2:cold")
+    complete = log.positions("HSET", 1, re.escape(store.complete_key("dien")))
     assert len({log.commands[i][3] for i in state_writes}) == len(users)
-    assert cold_writes and max(state_writes + cold_writes) < flips[0]
+    assert cold_writes and max(state_writes + cold_writes) < complete[0] < flips[0]
+    assert store.complete_versions("dien") == {2: len(users), 1: 0}  # v1 served: a target
 
     v2 = tower_states(tiny_exports, "dien", 2, hists)
     for user in users:
@@ -96,3 +103,106 @@ def test_rollout_failure_keeps_old_version(redis_url, tiny_exports, tmp_path, ca
     assert rollout.main(["--model", "dien", "--saved_models", str(tiny_exports),
                          "--redis_url", redis_url]) == 2
     assert "--events is required" in capsys.readouterr().err
+
+
+def _two_versions(store, users=range(20)):
+    """v1 and v2 states and cold starts for `users`, both complete; v2 active, v1 retired
+    with its retention passed."""
+    for version in (1, 2):
+        store.write_states("dien", version, [(u, np.full(4, version, np.float32), 1, 1, "e")
+                                             for u in users])
+        store.write_cold_start("dien", version, np.zeros(4, np.float32))
+        assert store.mark_version_complete("dien", version, len(users))
+    store.set_active_version("dien", 2)
+    store.retire_version("dien", 1, 0)
+
+
+def test_rollback_cli_flips_back_and_keeps_the_old_version_long_enough(redis_url, capsys):
+    store = store_connect(redis_url)
+    _two_versions(store)
+    before_ms = int(time.time() * 1000)
+    argv = ["--model", "dien", "--redis_url", redis_url, "--rollback_to"]
+    assert rollout.main([*argv, "1", "--retention_seconds", "1"]) == 0
+    assert store.get_active_version("dien") == 1
+    # v2 retired, for no less than the pointer cache plus requests in flight
+    assert 1 not in store.retired_versions("dien")
+    assert store.retired_versions("dien")[2] >= before_ms + min_retention_s() * 1000
+    out = capsys.readouterr()
+    assert "v2 -> v1" in out.out and "WARNING: --model_server not given" in out.err
+    # a version without complete states is refused with what to do
+    assert rollout.main([*argv, "5"]) == 2
+    assert "v5 has no complete states" in capsys.readouterr().err
+    assert store.get_active_version("dien") == 1
+
+
+def test_cleanup_and_rollback_exclude_each_other(redis_url, monkeypatch, capsys):
+    """Both orders, deterministically: a roll-back to v1 first makes the clean-up of v1 keep
+    it; a clean-up that marked v2 deleting first (and died there) makes the roll-back to v2
+    fail, and v2 never becomes a target again once deleted."""
+    store = store_connect(redis_url)
+    _two_versions(store)
+    argv = ["--model", "dien", "--redis_url", redis_url, "--retention_seconds", "3600"]
+    # roll-back first, then the clean-up of the same version (its retention has passed)
+    assert rollout.main([*argv, "--rollback_to", "1"]) == 0
+    assert store.delete_inactive_version("dien", 1) is None
+    assert rollout.cleanup(store, "dien") == []
+    assert all(s is not None for s in store.read_states("dien", 1, range(20)))
+    assert store.retired_versions("dien").keys() == {2}
+
+    # clean-up first: it marks v2 deleting, then dies before deleting anything
+    def die(*args):
+        raise RuntimeError("killed mid clean-up")
+
+    monkeypatch.setattr(type(store), "delete_version", die)
+    with pytest.raises(RuntimeError):
+        store.delete_inactive_version("dien", 2)
+    monkeypatch.undo()
+    assert store.deleting_versions("dien").keys() == {2}
+    assert 2 not in store.complete_versions("dien")  # dropped in the same step
+    assert rollout.main([*argv, "--rollback_to", "2"]) == 2
+    assert "no complete states" in capsys.readouterr().err
+    store.client.hset(store.complete_key("dien"), "2", "20")  # even with a stray mark
+    with pytest.raises(FlipRefused, match="a clean-up is deleting"):
+        store.flip_active_version("dien", 2, expected=1)
+    assert not store.mark_version_complete("dien", 2, 20)  # refused while deleting
+    assert store.get_active_version("dien") == 1
+    # the next clean-up finishes the job; v2 is gone for good
+    store.retire_version("dien", 2, 0)
+    assert rollout.cleanup(store, "dien") == [2]
+    assert store.deleting_versions("dien") == {} and 2 not in store.complete_versions("dien")
+    assert rollout.main([*argv, "--rollback_to", "2"]) == 2
+    assert "no complete states" in capsys.readouterr().err
+    assert store.get_active_version("dien") == 1
+
+
+def test_flip_is_a_compare_and_set_of_the_pointer(redis_url):
+    store = store_connect(redis_url)
+    _two_versions(store)
+    with pytest.raises(FlipRefused, match="active version changed") as refused:
+        store.flip_active_version("dien", 1, expected=3)  # another roll-out flipped first
+    assert refused.value.current == 2 and store.get_active_version("dien") == 2
+    store.client.delete(store.cold_key("dien", 1))
+    with pytest.raises(FlipRefused, match="no cold-start state"):
+        store.flip_active_version("dien", 1, expected=2)
+    store.client.delete(store.active_key("dien"))
+    store.flip_active_version("dien", 2, expected=None)  # first flip: expects no pointer
+    assert store.get_active_version("dien") == 2
+
+
+def test_flip_scripts_on_redis_cluster(redis_cluster):
+    """The pointer, completeness and deletion marks share one Cluster slot (hash tag)."""
+    store = store_connect(redis_cluster.url, cluster=True, namespace="rollout")
+    slot = store.client.keyslot
+    assert slot(store.active_key("dien")) == slot(store.complete_key("dien")) == slot(
+        store.deleting_key("dien"))
+    try:
+        _two_versions(store, users=range(5))
+        store.flip_active_version("dien", 1, expected=2)
+        assert store.get_active_version("dien") == 1
+        assert store.delete_inactive_version("dien", 1) is None
+        assert store.delete_inactive_version("dien", 2) == 6  # 5 states + cold start
+        with pytest.raises(FlipRefused, match="no cold-start state"):
+            store.flip_active_version("dien", 2, expected=1)
+    finally:
+        for key in store.client.scan_iter(match="*rollout*"):
+            store.client.delete(key)
