@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> BackfillResult:
     """The command line: parse arguments into `BackfillOptions` and run it."""
-    args, beam_args = build_parser().parse_known_args(argv)
+    args, beam_args = common.parse_job_args(build_parser(), argv)
     common.setup_logging(args.verbose)
     return run_backfill(BackfillOptions(
         model=args.model, events=args.events, store=common.store_config(args),

@@ -136,6 +136,26 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
     return paths
 
 
+def refuse_secret_flags(beam_args: Sequence[str]) -> None:
+    """A password-like flag the job does not know would go to Beam's pipeline options,
+    which every worker and runner UI sees: refuse it (without echoing its value)."""
+    for arg in beam_args:
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("-") and ("password" in flag.lower() or "secret" in flag.lower()):
+            raise JobError(f"{flag} is not a flag of this job, and what it does not know goes to "
+                           "Beam's pipeline options, which every worker and runner UI sees: "
+                           "put the Redis password in an environment variable and pass "
+                           "--redis_password_env VAR")
+
+
+def parse_job_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
+    """(our arguments, the rest for Beam), refusing secret-looking flags before the job
+    touches anything (the stream job would otherwise first wait for Redis)."""
+    args, beam_args = parser.parse_known_args(argv)
+    refuse_secret_flags(beam_args)
+    return args, beam_args
+
+
 def pipeline_options(beam_args: Sequence[str], *, streaming: bool):
     """Beam PipelineOptions from the arguments our parser did not consume.
 
@@ -160,13 +180,7 @@ def pipeline_options(beam_args: Sequence[str], *, streaming: bool):
         StandardOptions,
     )
 
-    for arg in beam_args:
-        flag = arg.split("=", 1)[0].lower()
-        if flag.startswith("-") and ("password" in flag or "secret" in flag):
-            raise JobError(f"{arg.split('=', 1)[0]} is not a flag of this job, and the rest would "
-                           "go to Beam's pipeline options, which every worker and runner UI "
-                           "sees: put the Redis password in an environment variable and pass "
-                           "--redis_password_env VAR")
+    refuse_secret_flags(beam_args)
     options = PipelineOptions(list(beam_args))
     standard = options.view_as(StandardOptions)
     if standard.runner is None:

@@ -341,7 +341,7 @@ def roll_back(store, config, args: argparse.Namespace) -> int:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    args, beam_args = build_parser().parse_known_args(argv)
+    args, beam_args = common.parse_job_args(build_parser(), argv)
     common.setup_logging(args.verbose)
     if args.retention_seconds < 0:
         raise common.JobError(f"--retention_seconds must be >= 0, got {args.retention_seconds}")

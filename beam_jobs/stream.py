@@ -177,7 +177,7 @@ def read_batches(pipeline, args: argparse.Namespace, store: StoreConfig):
 def run(argv: Sequence[str] | None = None) -> dict[str, int]:
     """Parse arguments, run the job until it drains or is stopped (SIGTERM: finish the batch
     in hand, then end), return its counters."""
-    args, beam_args = build_parser().parse_known_args(argv)
+    args, beam_args = common.parse_job_args(build_parser(), argv)
     common.setup_logging(args.verbose)
     check_args(args)
     version = args.version
