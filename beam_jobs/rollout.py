@@ -16,7 +16,8 @@ reports `<model>_head` (and `<model>_full`, if it serves that model) of the new 
 AVAILABLE (GetModelStatus); (5) flip the pointer with the store's flip script, which refuses
 unless the pointer is still the one this run started from, the version is marked complete,
 no clean-up is deleting it and its cold-start state exists; (6) with `--stream`, catch up
-once more (events the stream job applied to the old version just before the flip); (7)
+once more, from the entry where (2) stopped (events the stream job applied to the old version
+just before the flip; later ones it applies to the new version itself); (7)
 retire the old version. Its states outlive every client's cached pointer: at least
 `--pointer_cache_seconds` plus `uic.store.IN_FLIGHT_GRACE_S`, even with
 `--retention_seconds 0` (which waits that long, then deletes them).
@@ -99,10 +100,14 @@ def cleanup(store, model: str, now_ms: int | None = None) -> list[int]:
     return list(deleted)
 
 
-def catch_up(store, options: BackfillOptions, stream: str, chunk: int = 2000
-             ) -> dict[str, int]:
-    """Replay the stream's retained entries onto `options.version` with its `step`
-    (idempotent by the watermark: what the logs already covered counts as duplicates)."""
+def catch_up(store, options: BackfillOptions, stream: str, *, after: str | None = None,
+             chunk: int = 2000) -> tuple[dict[str, int], str | None]:
+    """Replay the stream's retained entries (after id `after`, if given) onto
+    `options.version` with its `step`; returns the totals and the last entry id replayed.
+
+    Idempotent by the watermark: what the logs already covered counts as duplicates. The
+    catch-up after the flip starts where the one before it stopped: entries added since the
+    flip are the stream job's, which now follows the new version."""
     from beam_jobs.redis_streams import to_record
     from beam_jobs.updater import StateUpdater
     from uic.events import Event, InvalidEvent
@@ -111,7 +116,8 @@ def catch_up(store, options: BackfillOptions, stream: str, chunk: int = 2000
                            behaviour_cap=options.behaviour_cap,
                            with_behaviours=options.with_behaviours)
     totals = {"entries": 0, "applied": 0, "duplicates": 0, "late_or_invalid": 0}
-    for entries in store.replay_stream(stream, chunk=chunk):
+    last = after
+    for entries in store.replay_stream(stream, after=after, chunk=chunk):
         events = []
         for _, payload in map(to_record, entries):
             try:
@@ -134,7 +140,16 @@ def catch_up(store, options: BackfillOptions, stream: str, chunk: int = 2000
         totals["applied"] += outcome.applied
         totals["duplicates"] += outcome.duplicates
         totals["late_or_invalid"] += len(outcome.refused)
-    return totals
+        last = entries[-1].entry_id
+    return totals, last
+
+
+def replay_and_report(store, options: BackfillOptions, stream: str, when: str,
+                      after: str | None = None) -> str | None:
+    """`catch_up` with a printed summary; returns the last entry id replayed."""
+    totals, last = catch_up(store, options, stream, after=after)
+    print(f"caught up {when} from {stream} (after id {after or 'start'}): {totals}", flush=True)
+    return last
 
 
 def _tls(args: argparse.Namespace):
@@ -301,14 +316,15 @@ def roll_out(store, config, args: argparse.Namespace, beam_args: Sequence[str]) 
             "the roll-out.")
     print(f"backfilled v{new}: {users:,} users, {totals.get('events', 0):,} events in "
           f"{result.seconds:.1f} s")
+    reached = None
     if args.stream:
-        print(f"caught up from {args.stream}: {catch_up(store, options, args.stream)}")
+        reached = replay_and_report(store, options, args.stream, "before the flip")
     if not store.mark_version_complete(args.model, new, users):
         raise common.JobError(f"a clean-up started deleting v{new} during the roll-out; "
                               "re-run the roll-out")
     flip(store, args, old, new)
     if args.stream:
-        print(f"caught up again after the flip: {catch_up(store, options, args.stream)}")
+        replay_and_report(store, options, args.stream, "after the flip", after=reached)
     retire(store, args, old, new)
     return 0
 
@@ -325,17 +341,17 @@ def roll_back(store, config, args: argparse.Namespace) -> int:
             "complete, or cleaned up). Rebuild it with a roll-out: python -m beam_jobs.rollout "
             f"--model {args.model} --version {target} --events LOGS ...")
     print(f"roll-back {args.model}: v{old} -> v{target}", flush=True)
-    options = None
+    options = reached = None
     if args.stream:
         common.check_export(args.saved_models, args.model, target, ["tower", "step"])
         options = BackfillOptions(model=args.model, events=(), store=config,
                                   saved_models=args.saved_models, version=target,
                                   behaviour_cap=args.behaviour_cap, activate="no")
-        print(f"caught up from {args.stream}: {catch_up(store, options, args.stream)}")
+        reached = replay_and_report(store, options, args.stream, "before the flip")
     flip(store, args, old, target)
     store.unretire_version(args.model, target)
     if options is not None:
-        print(f"caught up again after the flip: {catch_up(store, options, args.stream)}")
+        replay_and_report(store, options, args.stream, "after the flip", after=reached)
     retire(store, args, old, target)
     return 0
 

@@ -94,6 +94,39 @@ def test_rollout_catches_up_from_the_stream_before_the_flip(redis_url, tiny_expo
     assert store.stream_length("test:events") == len(events) + 1  # replayed, not consumed
 
 
+def test_catch_up_after_the_flip_starts_where_the_first_one_stopped(
+        redis_url, tiny_exports, tmp_path, monkeypatch, capsys):
+    """Events that reach the stream between the first catch-up and the flip reach v2 by
+    the second catch-up, which replays only them (not the whole stream again)."""
+    from .conftest import make_events
+
+    events = sorted(make_events(seed=5, n=60, users=5), key=lambda e: e.sort_key)
+    logs = write_jsonl(tmp_path / "logs.jsonl", events[:20])
+    store = store_connect(redis_url)
+    store.write_cold_start("dien", 1, np.zeros(4, np.float32))
+    store.set_active_version("dien", 1)
+    produce(store, "test:events", [e.to_json() for e in events[:45]], progress=False)
+    flip = rollout.flip
+
+    def flip_after_more_events(*args):  # the stream's tail grows while the model server is checked
+        produce(store, "test:events", [e.to_json() for e in events[45:]], progress=False)
+        flip(*args)
+
+    monkeypatch.setattr(rollout, "flip", flip_after_more_events)
+    assert _rollout(redis_url, tiny_exports, logs, "--stream", "test:events",
+                    "--retention_seconds", "3600") == 0
+    out = capsys.readouterr().out
+    assert "caught up before the flip from test:events (after id start): {'entries': 45," in out
+    assert re.search(r"caught up after the flip from test:events \(after id \d+-\d+\): "
+                     r"\{'entries': 15, 'applied': 15,", out)
+    hists = histories(events)
+    expected = tower_states(tiny_exports, "dien", 2, hists)
+    for user, hist in hists.items():
+        got = store.read_state("dien", 2, user)
+        assert got.events_applied == len(hist) and got.watermark == hist[-1].sort_key
+        np.testing.assert_allclose(got.state, expected[user], atol=1e-5, rtol=0)
+
+
 def test_rollout_failure_keeps_old_version(redis_url, tiny_exports, tmp_path, capsys):
     store = store_connect(redis_url)
     store.set_active_version("dien", 1)
