@@ -211,7 +211,8 @@ class _ApplyShardsFn(beam.DoFn):
     def _update(self, events):
         """The updater's apply, redone while Redis is unavailable: a redo after a partial
         write is safe (compare-and-set states, idempotent log, nothing acknowledged yet)."""
-        return call_through_outages(lambda: self.updater.apply(events), "updating states")
+        return call_through_outages(lambda: self.updater.apply_between_pauses(events),
+                                    "updating states")
 
     def _apply(self, events):
         """[(events, outcome, None)] for the bundle, or per user when the bundle fails; a

@@ -13,11 +13,13 @@ the version, so version v's states and the serving path are untouched); (2) opti
 up from the Redis Stream (`--stream`) with its `step`; (3) check the backfill is complete and
 write the version's completeness mark; (4) with `--model_server`, wait until the model server
 reports `<model>_head` (and `<model>_full`, if it serves that model) of the new version
-AVAILABLE (GetModelStatus); (5) flip the pointer with the store's flip script, which refuses
-unless the pointer is still the one this run started from, the version is marked complete,
-no clean-up is deleting it and its cold-start state exists; (6) with `--stream`, catch up
-once more, from the entry where (2) stopped (events the stream job applied to the old version
-just before the flip; later ones it applies to the new version itself); (7)
+AVAILABLE (GetModelStatus); (5) with `--stream`, pause the stream jobs (a flag they check before each
+batch, with an expiry), wait until no batch is being applied, and replay the stream from the
+entry where (2) stopped (what they applied to the old version meanwhile); (6) flip the
+pointer with the store's flip script, which refuses unless the pointer is still the one this
+run started from, the version is marked complete, no clean-up is deleting it, its cold-start
+state exists and the pause still holds; then resume the jobs, which follow the new version
+from their next batch; (7)
 retire the old version. Its states outlive every client's cached pointer: at least
 `--pointer_cache_seconds` plus `uic.store.IN_FLIGHT_GRACE_S`, even with
 `--retention_seconds 0` (which waits that long, then deletes them).
@@ -33,14 +35,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 
 from beam_jobs import common
 from beam_jobs.backfill import BackfillOptions, run_backfill
+from beam_jobs.updater import APPLY_LEASE_MS, PAUSE_POLL_S
 from uic import contract
 from uic.store import DEFAULT_POINTER_CACHE_S, FlipRefused, min_retention_s, redact_url
 
 DEFAULT_WAIT_S = 120.0
+# Long enough to wait out the lease of a stream job that died mid-batch and then replay the
+# stream's tail; normally the pause lasts about a second.
+DEFAULT_PAUSE_S = APPLY_LEASE_MS / 1000 + 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_history", type=int, default=None,
                         help="as in the backfill: fold only each user's last N events")
     parser.add_argument("--stream", default=None,
-                        help="also catch up from this Redis Stream's retained entries, before "
-                             "the flip and once more after it (events the logs do not hold)")
+                        help="also catch up from this Redis Stream's retained entries (events "
+                             "the logs do not hold): once while the stream jobs run, then its "
+                             "tail while they are paused, just before the flip")
+    parser.add_argument("--pause_seconds", type=float, default=DEFAULT_PAUSE_S,
+                        help="with --stream: the longest the stream jobs stay paused around "
+                             "the flip (the pause expires by itself if this run dies; the flip "
+                             "is refused if it expired first). Default: %(default)s")
     parser.add_argument("--rollback_to", type=int, default=None, metavar="V",
                         help="flip back to version V instead of rolling out: V must still have "
                              "its states (retired, not cleaned up) and be AVAILABLE on the "
@@ -106,8 +118,7 @@ def catch_up(store, options: BackfillOptions, stream: str, *, after: str | None 
     `options.version` with its `step`; returns the totals and the last entry id replayed.
 
     Idempotent by the watermark: what the logs already covered counts as duplicates. The
-    catch-up after the flip starts where the one before it stopped: entries added since the
-    flip are the stream job's, which now follows the new version."""
+    catch-up inside the pause starts where the first one stopped."""
     from beam_jobs.redis_streams import to_record
     from beam_jobs.updater import StateUpdater
     from uic.events import Event, InvalidEvent
@@ -148,7 +159,8 @@ def replay_and_report(store, options: BackfillOptions, stream: str, when: str,
                       after: str | None = None) -> str | None:
     """`catch_up` with a printed summary; returns the last entry id replayed."""
     totals, last = catch_up(store, options, stream, after=after)
-    print(f"caught up {when} from {stream} (after id {after or 'start'}): {totals}", flush=True)
+    print(f"caught up from {stream} ({when}; after id {after or 'start'}): {totals}",
+          flush=True)
     return last
 
 
@@ -243,14 +255,55 @@ def check_serving(args: argparse.Namespace, version: int) -> None:
         print(line)
 
 
-def flip(store, args: argparse.Namespace, old: int | None, new: int) -> None:
-    """The model-server check, then the store's atomic flip from `old` to `new`."""
-    check_serving(args, new)
+def flip(store, args: argparse.Namespace, old: int | None, new: int,
+         pause_token: str | None = None) -> None:
+    """The store's atomic flip from `old` to `new` (refused if the pause expired)."""
     try:
-        store.flip_active_version(args.model, new, expected=old)
+        store.flip_active_version(args.model, new, expected=old, pause_token=pause_token)
     except FlipRefused as err:
         raise common.JobError(str(err)) from None
     print(f"active version of {args.model}: v{old} -> v{new}", flush=True)
+
+
+def wait_for_appliers(store, model: str, wait_s: float) -> float:
+    """Wait until no stream job batch is being applied (the model is paused, so no new one
+    starts); returns the seconds waited. A job that died mid-batch holds its lease to the
+    end (`APPLY_LEASE_MS`)."""
+    started = time.monotonic()
+    while store.busy_appliers(model, int(time.time() * 1000)):
+        if time.monotonic() - started > wait_s:
+            raise common.JobError(f"stream job batches of {model} were still being applied "
+                                  f"after {wait_s:g} s of pause; nothing was flipped. Re-run "
+                                  "the roll-out (with a longer --pause_seconds)")
+        time.sleep(PAUSE_POLL_S)
+    return time.monotonic() - started
+
+
+def caught_up_flip(store, args: argparse.Namespace, options: BackfillOptions | None,
+                   old: int | None, new: int, reached: str | None) -> None:
+    """The flip from `old` to `new`. With `--stream`, inside a pause of the stream jobs:
+    once no batch is being applied, replay the stream's entries after `reached` (what the
+    jobs applied to `old` since the first catch-up) onto `new`, flip, resume. No job can
+    then apply an event to `old` alone, nor a newer event to `new` before an older one."""
+    if not args.stream:
+        flip(store, args, old, new)
+        return
+    token = uuid.uuid4().hex
+    if not store.pause_appliers(args.model, token, int(args.pause_seconds * 1000)):
+        raise common.JobError(f"another roll-out is pausing the stream jobs of {args.model} "
+                              f"right now; wait for it (its pause ends within "
+                              f"--pause_seconds), then re-run")
+    paused = time.monotonic()
+    try:
+        waited = wait_for_appliers(store, args.model, args.pause_seconds / 2)
+        print(f"paused the stream jobs of {args.model} (their batches in hand took "
+              f"{waited:.2f} s)", flush=True)
+        replay_and_report(store, options, args.stream, "while paused", after=reached)
+        flip(store, args, old, new, token)
+    finally:
+        resumed = store.resume_appliers(args.model, token)
+        print(f"stream jobs resumed after {time.monotonic() - paused:.2f} s"
+              f"{'' if resumed else ' (the pause had expired)'}", flush=True)
 
 
 def retire(store, args: argparse.Namespace, old: int | None, new: int) -> None:
@@ -318,13 +371,12 @@ def roll_out(store, config, args: argparse.Namespace, beam_args: Sequence[str]) 
           f"{result.seconds:.1f} s")
     reached = None
     if args.stream:
-        reached = replay_and_report(store, options, args.stream, "before the flip")
+        reached = replay_and_report(store, options, args.stream, "while the stream jobs run")
     if not store.mark_version_complete(args.model, new, users):
         raise common.JobError(f"a clean-up started deleting v{new} during the roll-out; "
                               "re-run the roll-out")
-    flip(store, args, old, new)
-    if args.stream:
-        replay_and_report(store, options, args.stream, "after the flip", after=reached)
+    check_serving(args, new)
+    caught_up_flip(store, args, options, old, new, reached)
     retire(store, args, old, new)
     return 0
 
@@ -347,11 +399,10 @@ def roll_back(store, config, args: argparse.Namespace) -> int:
         options = BackfillOptions(model=args.model, events=(), store=config,
                                   saved_models=args.saved_models, version=target,
                                   behaviour_cap=args.behaviour_cap, activate="no")
-        reached = replay_and_report(store, options, args.stream, "before the flip")
-    flip(store, args, old, target)
+        reached = replay_and_report(store, options, args.stream, "while the stream jobs run")
+    check_serving(args, target)
+    caught_up_flip(store, args, options, old, target, reached)
     store.unretire_version(args.model, target)
-    if options is not None:
-        replay_and_report(store, options, args.stream, "after the flip", after=reached)
     retire(store, args, old, target)
     return 0
 
@@ -361,6 +412,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     common.setup_logging(args.verbose)
     if args.retention_seconds < 0:
         raise common.JobError(f"--retention_seconds must be >= 0, got {args.retention_seconds}")
+    if args.pause_seconds <= 0:
+        raise common.JobError(f"--pause_seconds must be > 0, got {args.pause_seconds}")
     if args.pointer_cache_seconds < 0:
         raise common.JobError("--pointer_cache_seconds must be >= 0, got "
                               f"{args.pointer_cache_seconds}")

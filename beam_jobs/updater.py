@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +53,11 @@ _LOG = logging.getLogger(__name__)
 NO_WATERMARK = (-1, "")
 DEFAULT_ALLOWED_LATENESS_MS = 3_600_000  # 1 hour
 DEFAULT_MAX_FUTURE_SKEW_MS = 300_000  # 5 minutes
+# A stream job batch's registration as an applier (`apply_between_pauses`) lasts this long at
+# most: a roll-out waits for the batches in hand, and for no longer than this for the
+# registration of a job that died mid-batch. A batch takes well under a second.
+APPLY_LEASE_MS = 60_000
+PAUSE_POLL_S = 0.05
 
 # kinds of refused events (the stream job's counters and dead-letter reasons)
 LATE, FUTURE, UNDECIDABLE, NO_LOG = "late", "future", "undecidable", "no_behaviour_log"
@@ -191,6 +198,23 @@ class StateUpdater:
             for h in histories]))
 
     # ---- the update -----------------------------------------------------------------------
+    def apply_between_pauses(self, events: Sequence[Event]) -> UpdateOutcome:
+        """`apply` as the stream job runs it when it follows the active version: registered
+        as an applier of the model for the call, once no roll-out pauses the model. A
+        roll-out pauses the model, waits until no batch is registered, replays the stream's
+        tail onto the new version and flips; so no event reaches the old version between its
+        last catch-up and the flip (`beam_jobs.rollout`). Waits while paused (a pause
+        expires by itself if its roll-out dies)."""
+        if self.pinned_version is not None:
+            return self.apply(events)
+        applier = uuid.uuid4().hex
+        while self.store.enter_apply(self.model, applier, now_ms() + APPLY_LEASE_MS) is not None:
+            time.sleep(PAUSE_POLL_S)
+        try:
+            return self.apply(events)
+        finally:
+            self.store.leave_apply(self.model, applier)
+
     def apply(self, events: Sequence[Event], version: int | None = None,
               now: int | None = None) -> UpdateOutcome:
         """Fold `events` (any order, any users, duplicates allowed) into the states."""

@@ -497,7 +497,8 @@ class Soak:
     def wait_for_recovery(self, fault: Fault, injection: Background) -> None:
         """While the fault is injected (restart, roll-out) and after: wait until an event
         acknowledged after the fault started is in its user's state, and a request started
-        after the harness's restart is scored normally; record how long each took."""
+        after the harness's restart is scored normally; record how long each took. Scoring that
+        never stopped (every request during the fault ok, as in a roll-out) recovered in 0 s."""
         deadline = fault.started + RECOVERY_TIMEOUT_S
         probe = None
         while time.monotonic() < deadline:
@@ -512,11 +513,7 @@ class Soak:
                     and self.applied(probe[0]) >= probe[1]):
                 fault.events_recovered = now - fault.started
             if fault.scores_recovered is None and fault.restored:
-                for r in self.requester.snapshot()[::-1]:
-                    if r.started < fault.restored:
-                        break
-                    if r.outcome == "ok":
-                        fault.scores_recovered = r.ended - fault.started
+                fault.scores_recovered = self.scoring_recovery(fault)
             if fault.events_recovered is not None and fault.scores_recovered is not None:
                 return
             time.sleep(0.05)
@@ -524,6 +521,16 @@ class Soak:
         missing = [what for what, t in (("events", fault.events_recovered),
                                         ("scoring", fault.scores_recovered)) if t is None]
         fault.problem(f"{' and '.join(missing)} did not recover within {RECOVERY_TIMEOUT_S:g} s")
+
+    def scoring_recovery(self, fault: Fault) -> float | None:
+        """Seconds from the fault to the first ok request started after the harness's part
+        was done; 0 when every request started during the fault was ok; None while unknown."""
+        requests = self.requester.snapshot()
+        during = [r for r in requests if fault.started <= r.started < fault.restored]
+        if during and all(r.outcome == "ok" for r in during):
+            return 0.0
+        after = [r.ended for r in requests if r.started >= fault.restored and r.outcome == "ok"]
+        return min(after) - fault.started if after else None
 
     def check_threads(self) -> None:
         for thread in (self.producer, self.requester):

@@ -17,8 +17,12 @@ user sit on one Redis Cluster slot and a Lua script may touch them together)::
     {<ns>:m:<model>:active}:complete      hash version -> users, written after a complete
                                           backfill: the version may be flipped to
     {<ns>:m:<model>:active}:deleting      hash version -> epoch ms, a clean-up is deleting it
+    {<ns>:m:<model>:active}:pause         a roll-out's token while it pauses the stream jobs
+                                          (expires by itself)
+    {<ns>:m:<model>:active}:appliers      zset applier id -> lease expiry (epoch ms): stream
+                                          job batches being applied right now
 
-The last two carry the pointer's own key name as their hash tag, so on Redis Cluster they
+The last four carry the pointer's own key name as their hash tag, so on Redis Cluster they
 share the pointer's slot and one script (`flip_active_version`) reads and sets them together.
 
 Event streams (the Beam stream job's input, `beam_jobs.redis_streams`) are Redis Streams
@@ -214,16 +218,34 @@ def min_retention_s(pointer_cache_s: float = DEFAULT_POINTER_CACHE_S) -> float:
 
 
 # `flip_active_version`: KEYS[1] pointer, KEYS[2] complete hash, KEYS[3] deleting hash,
-# KEYS[4] (standalone only) the new version's cold-start key. ARGV[1] the pointer the caller
-# expects ("" for none), ARGV[2] the new version. Returns {outcome, pointer before}.
+# KEYS[4] pause flag, KEYS[5] (standalone only) the new version's cold-start key. ARGV[1] the
+# pointer the caller expects ("" for none), ARGV[2] the new version, ARGV[3] the caller's
+# pause token ("" when it paused nothing). Returns {outcome, pointer before}.
 FLIP_SCRIPT = """
 local current = redis.call('GET', KEYS[1]) or ''
 if current ~= ARGV[1] then return {'moved', current} end
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return {'deleting', current} end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then return {'incomplete', current} end
-if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 0 then return {'no_cold_start', current} end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[3] then return {'unpaused', current} end
+if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 0 then return {'no_cold_start', current} end
 redis.call('SET', KEYS[1], ARGV[2])
 return {'flipped', current}
+"""
+# `enter_apply`: KEYS[1] pause flag, KEYS[2] appliers zset. ARGV[1] applier id, ARGV[2] its
+# lease's expiry (epoch ms). Registers the applier unless a roll-out paused the model; returns
+# the pause token then (nil when registered). Registering and reading the flag in one script,
+# against the roll-out's set-the-flag-then-count-the-appliers, means one of the two always
+# sees the other.
+ENTER_APPLY_SCRIPT = """
+local pause = redis.call('GET', KEYS[1])
+if pause then return pause end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return false
+"""
+# `resume_appliers`: KEYS[1] pause flag, ARGV[1] the token that set it. 1 removed, 0 not ours.
+RESUME_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
 """
 # `mark_version_complete`: KEYS[1] complete hash, KEYS[2] deleting hash. ARGV[1] version,
 # ARGV[2] users. 1 marked, 0 refused (a clean-up is deleting the version).
@@ -250,12 +272,15 @@ _FLIP_REFUSALS = {
     "incomplete": "that version has no completeness mark: no roll-out finished a complete "
                   "backfill of it (or a clean-up deleted it); run the roll-out for it",
     "no_cold_start": "that version has no cold-start state; run the roll-out for it",
+    "unpaused": "the roll-out's pause of the stream jobs expired (or was removed) before the "
+                "flip, so they may have applied events to the old version since the last "
+                "catch-up; re-run the roll-out (with a longer --pause_seconds if it was slow)",
 }
 
 
 class FlipRefused(StoreError):
     """`flip_active_version` left the pointer as it was. `reason`: "moved", "deleting",
-    "incomplete" or "no_cold_start"; `current`: the pointer now (None when unset)."""
+    "incomplete", "unpaused" or "no_cold_start"; `current`: the pointer now (None when unset)."""
 
     def __init__(self, model: str, version: int, reason: str, current: int | None):
         self.reason, self.current = reason, current
@@ -452,6 +477,16 @@ class InterestStore:
         them). Tagged with the pointer's key: same Cluster slot."""
         return f"{{{self.active_key(model)}}}:deleting"
 
+    def pause_key(self, model: str) -> str:
+        """A roll-out's pause token (with an expiry): stream jobs apply nothing while it is
+        set. Tagged with the pointer's key: same Cluster slot."""
+        return f"{{{self.active_key(model)}}}:pause"
+
+    def appliers_key(self, model: str) -> str:
+        """Zset applier id -> lease expiry (epoch ms) of the stream job batches being applied
+        now. Tagged with the pointer's key: same Cluster slot."""
+        return f"{{{self.active_key(model)}}}:appliers"
+
     # -- error mapping ----------------------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -634,15 +669,18 @@ class InterestStore:
         with self._errors():
             self.client.set(self.active_key(model), str(version))
 
-    def flip_active_version(self, model: str, version: int, expected: int | None) -> None:
+    def flip_active_version(self, model: str, version: int, expected: int | None,
+                            pause_token: str | None = None) -> None:
         """Point `model` at `version` in one Redis script, only if the pointer still says
-        `expected` (None: unset), the version is marked complete, no clean-up is deleting it
-        and its cold-start state exists. Raises `FlipRefused` (pointer unchanged) otherwise.
+        `expected` (None: unset), the version is marked complete, no clean-up is deleting it,
+        its cold-start state exists and (with `pause_token`) the caller's pause of the stream
+        jobs still holds. Raises `FlipRefused` (pointer unchanged) otherwise.
         On Redis Cluster the cold-start key lives on another slot, so it is checked just
         before the script; it is only deleted after the version is marked deleting, which
         the script does check."""
         version = check_int("version", version)
-        keys = [self.active_key(model), self.complete_key(model), self.deleting_key(model)]
+        keys = [self.active_key(model), self.complete_key(model), self.deleting_key(model),
+                self.pause_key(model)]
         if self.is_cluster:
             with self._errors():
                 if not self.client.exists(self.cold_key(model, version)):
@@ -651,10 +689,42 @@ class InterestStore:
         else:
             keys.append(self.cold_key(model, version))
         expect = "" if expected is None else str(check_int("expected", expected))
-        outcome, before = self._eval(FLIP_SCRIPT, keys, [expect, str(version)])
+        outcome, before = self._eval(FLIP_SCRIPT, keys, [expect, str(version), pause_token or ""])
         if _text(outcome) != "flipped":
             before = _text(before)
             raise FlipRefused(model, version, _text(outcome), int(before) if before else None)
+
+    # -- pausing the stream jobs around a flip (beam_jobs.rollout) ---------------------------
+    def enter_apply(self, model: str, applier: str, lease_until_ms: int) -> str | None:
+        """Register `applier` as applying a batch of `model` until it leaves (or its lease
+        ends), unless a roll-out paused the model: then nothing is registered and the
+        pause token is returned."""
+        token = self._eval(ENTER_APPLY_SCRIPT, [self.pause_key(model), self.appliers_key(model)],
+                           [applier, str(check_int("lease_until_ms", lease_until_ms))])
+        return None if token is None else _text(token)
+
+    def leave_apply(self, model: str, applier: str) -> None:
+        with self._errors():
+            self.client.zrem(self.appliers_key(model), applier)
+
+    def pause_appliers(self, model: str, token: str, ttl_ms: int) -> bool:
+        """Set the pause flag to `token` for `ttl_ms` unless another pause holds it; True
+        when set. Stream jobs register no new batch from now on."""
+        with self._errors():
+            return bool(self.client.set(self.pause_key(model), token, nx=True,
+                                        px=check_int("ttl_ms", ttl_ms, 1)))
+
+    def busy_appliers(self, model: str, now_ms: int) -> int:
+        """How many batches are still being applied (leases that ended are dropped: their
+        applier died)."""
+        key = self.appliers_key(model)
+        with self._errors():
+            self.client.zremrangebyscore(key, "-inf", f"({check_int('now_ms', now_ms)}")
+            return int(self.client.zcard(key))
+
+    def resume_appliers(self, model: str, token: str) -> bool:
+        """Remove the pause flag if `token` set it; False when it had expired or was not ours."""
+        return bool(self._eval(RESUME_SCRIPT, [self.pause_key(model)], [token]))
 
     def mark_version_complete(self, model: str, version: int, users: int) -> bool:
         """Record that `version`'s states are complete (`users` written): the flip may now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import numpy as np
@@ -94,37 +95,82 @@ def test_rollout_catches_up_from_the_stream_before_the_flip(redis_url, tiny_expo
     assert store.stream_length("test:events") == len(events) + 1  # replayed, not consumed
 
 
-def test_catch_up_after_the_flip_starts_where_the_first_one_stopped(
+def test_catch_up_while_paused_starts_where_the_first_one_stopped(
         redis_url, tiny_exports, tmp_path, monkeypatch, capsys):
-    """Events that reach the stream between the first catch-up and the flip reach v2 by
-    the second catch-up, which replays only them (not the whole stream again)."""
+    """Events that reach the stream after the first catch-up (here: while the model server
+    is checked) reach v2 by the catch-up inside the pause, which replays only them."""
     from .conftest import make_events
 
     events = sorted(make_events(seed=5, n=60, users=5), key=lambda e: e.sort_key)
     logs = write_jsonl(tmp_path / "logs.jsonl", events[:20])
     store = store_connect(redis_url)
-    store.write_cold_start("dien", 1, np.zeros(4, np.float32))
     store.set_active_version("dien", 1)
     produce(store, "test:events", [e.to_json() for e in events[:45]], progress=False)
-    flip = rollout.flip
+    check = rollout.check_serving
 
-    def flip_after_more_events(*args):  # the stream's tail grows while the model server is checked
+    def check_while_more_events_arrive(*args):
         produce(store, "test:events", [e.to_json() for e in events[45:]], progress=False)
-        flip(*args)
+        check(*args)
 
-    monkeypatch.setattr(rollout, "flip", flip_after_more_events)
+    monkeypatch.setattr(rollout, "check_serving", check_while_more_events_arrive)
     assert _rollout(redis_url, tiny_exports, logs, "--stream", "test:events",
                     "--retention_seconds", "3600") == 0
     out = capsys.readouterr().out
-    assert "caught up before the flip from test:events (after id start): {'entries': 45," in out
-    assert re.search(r"caught up after the flip from test:events \(after id \d+-\d+\): "
+    assert ("caught up from test:events (while the stream jobs run; after id start): "
+            "{'entries': 45,") in out
+    assert re.search(r"caught up from test:events \(while paused; after id \d+-\d+\): "
                      r"\{'entries': 15, 'applied': 15,", out)
+    assert "stream jobs resumed" in out and store.client.get(store.pause_key("dien")) is None
     hists = histories(events)
     expected = tower_states(tiny_exports, "dien", 2, hists)
     for user, hist in hists.items():
         got = store.read_state("dien", 2, user)
         assert got.events_applied == len(hist) and got.watermark == hist[-1].sort_key
         np.testing.assert_allclose(got.state, expected[user], atol=1e-5, rtol=0)
+
+
+def test_a_pause_waits_for_batches_in_hand_and_holds_new_ones(redis_url, tiny_exports):
+    """The pause protocol on a real Redis with the real updater: a registered batch keeps
+    the pause waiting; a new batch waits for the resume; a flip needs the pause to hold."""
+    from beam_jobs.updater import StateUpdater
+
+    from .conftest import make_events
+
+    store = store_connect(redis_url)
+    store.set_active_version("dien", 1)
+    updater = StateUpdater(store, tiny_exports, "dien")
+    events = make_events(seed=9, n=4, users=1)
+    user = events[0].user_id
+    updater.apply_between_pauses(events[:1])  # loads the model; registers and leaves
+    assert store.busy_appliers("dien", int(time.time() * 1000)) == 0
+    now = int(time.time() * 1000)
+    assert store.enter_apply("dien", "batch-in-hand", now + 60_000) is None
+    assert store.pause_appliers("dien", "token-1", 30_000)
+    assert not store.pause_appliers("dien", "token-2", 30_000)  # one pause at a time
+    assert store.busy_appliers("dien", now) == 1
+    assert store.enter_apply("dien", "new-batch", now + 60_000) == "token-1"
+
+    done = threading.Event()
+    with CommandLog(redis_url) as log:
+        waiting = threading.Thread(target=lambda: (updater.apply_between_pauses(events[1:]),
+                                                   done.set()), daemon=True)
+        waiting.start()
+        give_up = time.monotonic() + 60
+        while len(log.positions("EVALSHA", 3, re.escape(store.pause_key("dien")))) < 3:
+            assert time.monotonic() < give_up, "the batch never asked whether it may apply"
+            time.sleep(0.01)
+        assert not done.is_set() and store.read_state("dien", 1, user).events_applied == 1
+        store.leave_apply("dien", "batch-in-hand")
+        assert store.busy_appliers("dien", int(time.time() * 1000)) == 0
+        assert store.mark_version_complete("dien", 1, 1)
+        with pytest.raises(FlipRefused, match="pause .* expired"):  # not our token
+            store.flip_active_version("dien", 1, expected=1, pause_token="token-2")
+        assert store.resume_appliers("dien", "token-1")
+        waiting.join(60)
+    assert done.is_set() and store.read_state("dien", 1, user).events_applied == len(events)
+    # a batch whose job died holds its lease only until the lease ends
+    assert store.enter_apply("dien", "dead-job", int(time.time() * 1000) - 1) is None
+    assert store.busy_appliers("dien", int(time.time() * 1000)) == 0
 
 
 def test_rollout_failure_keeps_old_version(redis_url, tiny_exports, tmp_path, capsys):
