@@ -16,9 +16,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Files a benchmark run writes or that only present its results: changing them does not
-# change what was measured.
-RESULT_PATHS = ("bench_results/", "README.md", "docs/benchmarks.md")
+# Files a benchmark run writes, that only present its results, or that no benchmark runs
+# (the tests and the docs): changing them does not change what was measured.
+RESULT_PATHS = ("bench_results/", "README.md", "docs/", "tests/")
 
 
 class ProvenanceError(RuntimeError):

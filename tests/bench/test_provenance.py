@@ -55,6 +55,8 @@ def test_result_files_do_not_make_the_tree_dirty(repo):
     (repo / "bench_results").mkdir()
     (repo / "bench_results" / "report.json").write_text("{}")
     (repo / "README.md").write_text("changed\n")
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_new.py").write_text("def test_new(): pass\n")
     assert not git_state(repo)["dirty"]
 
 
