@@ -34,6 +34,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
+def _default_sigint() -> None:
+    """Runs in the child before exec: SIGINT back to its default. A parent started in the
+    background by a shell (`make test &`, a CI script) ignores SIGINT, children inherit that,
+    and Python then installs no Ctrl-C handler, so a SIGINT stop would wait out the grace."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ProcessStartError(RuntimeError):
     """The child exited, or did not get ready in time, during start-up. The message names
     the child and quotes the end of its log."""
@@ -108,7 +115,8 @@ class ChildProcess:
             try:
                 self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                               stderr=subprocess.STDOUT, env=self.env,
-                                              cwd=self.cwd, start_new_session=True)
+                                              cwd=self.cwd, start_new_session=True,
+                                              preexec_fn=_default_sigint)
             except OSError as err:
                 raise ProcessStartError(f"cannot start {self.name} ({self.argv[0]}): {err}") from err
         self._group_cleared = False

@@ -101,17 +101,25 @@ def test_stop_sends_the_stop_signal_and_the_child_exits_cleanly(tmp_path):
     assert "got SIGTERM" in child.log_tail()
 
 
-def test_another_stop_signal_reaches_a_ctrl_c_handler(tmp_path):
-    child = python_child("""
-        import sys, time
-        print("ready")
-        try:
-            time.sleep(600)
-        except KeyboardInterrupt:
-            print("interrupted")
-            sys.exit(130)
-        """, tmp_path, stop_signal=signal.SIGINT)
-    child.start(ready=logged(child, "ready"), timeout=60)
+@pytest.mark.parametrize("parent_sigint", [signal.default_int_handler, signal.SIG_IGN],
+                         ids=["foreground", "started-in-the-background"])
+def test_another_stop_signal_reaches_a_ctrl_c_handler(tmp_path, parent_sigint):
+    """Also when this process ignores SIGINT, as a shell's background job (`make test &`)
+    does: the child must still get Python's Ctrl-C handler."""
+    previous = signal.signal(signal.SIGINT, parent_sigint)
+    try:
+        child = python_child("""
+            import sys, time
+            print("ready")
+            try:
+                time.sleep(600)
+            except KeyboardInterrupt:
+                print("interrupted")
+                sys.exit(130)
+            """, tmp_path, stop_signal=signal.SIGINT)
+        child.start(ready=logged(child, "ready"), timeout=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert child.stop(grace_s=60) == 130
     assert "interrupted" in child.log_tail()
 
