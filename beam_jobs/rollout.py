@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from beam_jobs import common
 from beam_jobs.backfill import BackfillOptions, run_backfill
 from beam_jobs.updater import APPLY_LEASE_MS, PAUSE_POLL_S
+from client.tls import add_tls_args, tls_from_args
 from uic import contract
 from uic.store import DEFAULT_POINTER_CACHE_S, FlipRefused, min_retention_s, redact_url
 
@@ -95,12 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--model_server_wait_seconds", type=float, default=DEFAULT_WAIT_S,
                         help="how long to wait for the version to become AVAILABLE "
                              "(default: %(default)s)")
-    server.add_argument("--tls", action="store_true",
-                        help="TLS to the model server, verified against the system's roots")
-    server.add_argument("--tls_ca", metavar="PEM", help="CA certificate that signed the server's")
-    server.add_argument("--tls_cert", metavar="PEM",
-                        help="client certificate for mutual TLS (with --tls_key)")
-    server.add_argument("--tls_key", metavar="PEM", help="the client certificate's private key")
+    add_tls_args(server)
     return parser
 
 
@@ -162,14 +158,6 @@ def replay_and_report(store, options: BackfillOptions, stream: str, when: str,
     print(f"caught up from {stream} ({when}; after id {after or 'start'}): {totals}",
           flush=True)
     return last
-
-
-def _tls(args: argparse.Namespace):
-    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
-        return None
-    from client.tls import TlsConfig
-
-    return TlsConfig(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
 
 
 def check_model_server(target: str, model: str, version: int, *, tls=None,
@@ -250,7 +238,7 @@ def check_serving(args: argparse.Namespace, version: int) -> None:
         return
     print(f"waiting up to {args.model_server_wait_seconds:g} s for {args.model} v{version} on "
           f"the model server at {args.model_server} ...", flush=True)
-    for line in check_model_server(args.model_server, args.model, version, tls=_tls(args),
+    for line in check_model_server(args.model_server, args.model, version, tls=tls_from_args(args),
                                    wait_s=args.model_server_wait_seconds):
         print(line)
 

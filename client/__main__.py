@@ -17,7 +17,7 @@ import sys
 from client.candidates import MAX_CANDIDATES, parse_id_list, read_candidates
 from client.errors import ClientError, InvalidRequest
 from client.scorer import ARCHS, FALLBACKS, Scorer, ScoreResult
-from client.tls import TlsConfig
+from client.tls import add_tls_args, tls_from_args
 from client.transport import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT, TRANSPORTS
 from uic.contract import MODELS
 from uic.store import DEFAULT_REDIS_URL
@@ -70,21 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "gRPC over TLS (TF Serving's --ssl_config_file), or HTTPS for REST through a "
         "TLS-terminating proxy. Any of these options turns TLS on; the server's certificate "
         "is always verified.")
-    tls.add_argument("--tls", action="store_true",
-                     help="use TLS, verifying the server against the system's trust store")
-    tls.add_argument("--tls_ca", metavar="PEM", help="CA certificate that signed the server's")
-    tls.add_argument("--tls_cert", metavar="PEM",
-                     help="client certificate for mutual TLS (with --tls_key)")
-    tls.add_argument("--tls_key", metavar="PEM", help="the client certificate's private key")
+    add_tls_args(tls)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
-
-
-def tls_config(args: argparse.Namespace) -> TlsConfig | None:
-    """The TLS settings the flags ask for (None: plaintext)."""
-    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
-        return None
-    return TlsConfig(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
 
 
 def format_table(result: ScoreResult) -> str:
@@ -132,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     transport=args.transport, arch=args.arch, version=args.version,
                     deadline_ms=args.deadline_ms, redis_timeout_ms=args.redis_timeout_ms,
                     history_length=args.history_length, fallback=args.fallback,
-                    tls=tls_config(args), max_candidates=args.max_candidates) as scorer:
+                    tls=tls_from_args(args), max_candidates=args.max_candidates) as scorer:
             result = scorer.score(int(user), items, cates)
     except InvalidRequest as err:
         parser.exit(2, f"python -m client: error: {err}\n")

@@ -8,6 +8,7 @@ server asks for one (TF Serving's SSLConfig `client_verify: true`).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ssl
 from pathlib import Path
@@ -67,3 +68,22 @@ def _read(path: str | Path | None, what: str) -> bytes | None:
     if b"-----BEGIN" not in data:
         raise InvalidRequest(f"the {what} {str(path)!r} is not a PEM file")
     return data
+
+
+def add_tls_args(group) -> None:
+    """The TLS flags every CLI that talks to the model server shares (`--tls`, `--tls_ca`,
+    `--tls_cert`, `--tls_key`), on an argparse parser or group; read them with
+    `tls_from_args`."""
+    group.add_argument("--tls", action="store_true",
+                       help="use TLS, verifying the server against the system's trust store")
+    group.add_argument("--tls_ca", metavar="PEM", help="CA certificate that signed the server's")
+    group.add_argument("--tls_cert", metavar="PEM",
+                       help="client certificate for mutual TLS (with --tls_key)")
+    group.add_argument("--tls_key", metavar="PEM", help="the client certificate's private key")
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsConfig | None:
+    """The TLS settings the `add_tls_args` flags ask for (None: plaintext)."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    return TlsConfig(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
