@@ -645,22 +645,21 @@ class Check:
     mismatched_users: list = dataclasses.field(default_factory=list)
 
 
-def state_tolerance(events: int) -> float:
-    """Relative and absolute tolerance of a state against the tower over `events` events.
-    Folding events one batch at a time and running the tower once round differently in
-    float32, and the difference grows like a random walk: the square root of the number of
-    folds. At 1,000 events they agree within STATE_TOLERANCE; the 10-minute soak's hottest
-    user (36,039 events) differed by 2.2e-5. Whether each event was applied exactly once is
-    checked exactly, not through this tolerance (`check_states`)."""
-    return STATE_TOLERANCE * max(1.0, (events / 1000) ** 0.5)
+def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
+    """The largest difference relative to the state's largest magnitude, the measure the
+    exactness tests use. Not element by element: folding thousands of events batch by batch
+    and running the tower once round differently in float32, and a small element drifts
+    (1.3e-4 on an element of 0.80 after 9,265 events in a 10-minute soak) while the state as
+    a whole agrees to 1e-7."""
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
 
 
 def check_states(store, exports: Path, model: str, history: History, batch: int = 32) -> Check:
     """Compare every user's state of the active version with the user's whole history
     (oldest first): exactly, the events applied (the state's count), the behaviour log (it
     holds every applied event once, so its event keys must be the history's) and the
-    watermark (the last event); within `state_tolerance`, the state against the exported
-    tower over the history."""
+    watermark (the last event); within STATE_TOLERANCE (`relative_difference`), the state
+    against the exported tower over the history."""
     from beam_jobs.model_handler import LoadedSignature, stack_examples, tower_example
 
     version = store.get_active_version(model)
@@ -687,8 +686,7 @@ def check_states(store, exports: Path, model: str, history: History, batch: int 
             if applied == produced and (logged != keys or got.watermark != keys[-1]):
                 check.lost += max(1, len(set(keys) - set(logged)))  # one event in place of another
                 check.mismatched_users.append(user)
-            elif applied == produced and not np.allclose(
-                    got.state, want, rtol=state_tolerance(produced), atol=state_tolerance(produced)):
+            elif applied == produced and relative_difference(got.state, want) > STATE_TOLERANCE:
                 check.lost += 1  # the right events by every count, but a state that differs
                 check.mismatched_users.append(user)
     return check
