@@ -69,6 +69,17 @@ def test_rollout_flips_pointer_only_after_v2_is_complete(redis_url, tiny_exports
     assert not log.positions("EVALSHA", 3, V2_STATE) and not log.positions("SET", 1, ".*")
 
 
+def _assert_v2_equals_tower(store, exports, events) -> None:
+    """Every user's v2 state counts the user's events, ends at the last one and equals
+    the v2 tower over them (within 1e-5)."""
+    hists = histories(events)
+    expected = tower_states(exports, "dien", 2, hists)
+    for user, hist in hists.items():
+        got = store.read_state("dien", 2, user)
+        assert got.events_applied == len(hist) and got.watermark == hist[-1].sort_key
+        np.testing.assert_allclose(got.state, expected[user], atol=1e-5, rtol=0)
+
+
 def test_rollout_catches_up_from_the_stream_before_the_flip(redis_url, tiny_exports, tmp_path):
     """Logs hold the older half of the events, the stream all of them: after the roll-out
     v2 equals the tower on the full histories, and v1's retention 0 deletes it at once."""
@@ -84,12 +95,7 @@ def test_rollout_catches_up_from_the_stream_before_the_flip(redis_url, tiny_expo
 
     assert _rollout(redis_url, tiny_exports, logs, "--stream", "test:events",
                     "--retention_seconds", "0") == 0
-    hists = histories(events)
-    expected = tower_states(tiny_exports, "dien", 2, hists)
-    for user, hist in hists.items():
-        got = store.read_state("dien", 2, user)
-        assert got.events_applied == len(hist) and got.watermark == hist[-1].sort_key
-        np.testing.assert_allclose(got.state, expected[user], atol=1e-5, rtol=0)
+    _assert_v2_equals_tower(store, tiny_exports, events)
     assert store.get_active_version("dien") == 2
     assert store.read_state("dien", 1, events[0].user_id) is None  # retention 0: deleted
     assert store.stream_length("test:events") == len(events) + 1  # replayed, not consumed
@@ -121,12 +127,7 @@ def test_catch_up_while_paused_starts_where_the_first_one_stopped(
     assert re.search(r"caught up from test:events \(while paused; after id \d+-\d+\): "
                      r"\{'entries': 15, 'applied': 15,", out)
     assert "stream jobs resumed" in out and store.client.get(store.pause_key("dien")) is None
-    hists = histories(events)
-    expected = tower_states(tiny_exports, "dien", 2, hists)
-    for user, hist in hists.items():
-        got = store.read_state("dien", 2, user)
-        assert got.events_applied == len(hist) and got.watermark == hist[-1].sort_key
-        np.testing.assert_allclose(got.state, expected[user], atol=1e-5, rtol=0)
+    _assert_v2_equals_tower(store, tiny_exports, events)
 
 
 def test_a_pause_waits_for_batches_in_hand_and_holds_new_ones(redis_url, tiny_exports):
